@@ -1,0 +1,1 @@
+"""Benchmarks: load generator, codec ceiling and dedup corpus (not built yet; see the issues)."""

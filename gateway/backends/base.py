@@ -1,0 +1,30 @@
+"""The blob backend interface: named immutable blobs, written once and read by range.
+
+A writer streams a blob and makes it durable and visible atomically on ``commit``; until
+then nothing is visible under the name, and ``abort`` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+
+class BlobWriter(Protocol):
+    async def write(self, data: bytes | memoryview) -> None: ...
+    async def commit(self) -> None: ...
+    async def abort(self) -> None: ...
+
+
+class BlobBackend(Protocol):
+    async def open_writer(self, name: str) -> BlobWriter: ...
+    async def read_range(self, name: str, offset: int, length: int) -> bytes: ...
+    async def size(self, name: str) -> int: ...
+    async def delete(self, name: str) -> None: ...
+    def list(self, prefix: str = "") -> AsyncIterator[str]: ...
+    async def close(self) -> None: ...
+
+
+def pack_blob_name(pack_id: str) -> str:
+    """Where a pack lives in a backend: fanned out by its first two hex digits."""
+    return f"packs/{pack_id[:2]}/{pack_id}.pack"

@@ -1,0 +1,131 @@
+"""The ``strata`` command line: ``serve`` (and, later, admin, gc, fsck, keys, stats, bench).
+
+Every command takes ``--config`` and ``--data-dir`` and builds the one typed config object
+from them, the TOML file and the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import ssl
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.config import Config, load_config, with_overrides
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (environment variables override it)")
+    p.add_argument("--data-dir", help="data directory for the embedded default (default ./strata-data)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="strata",
+        description="Strata: an S3-compatible storage gateway with dedup, compression and encryption.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run the S3 gateway",
+        description="Run the S3 gateway. With no config it listens on 127.0.0.1:9000 and keeps "
+        "everything (SQLite metadata, packs, keyring) in ./strata-data. Root credentials come from "
+        "STRATA_ROOT_ACCESS_KEY / STRATA_ROOT_SECRET_KEY, or are generated and printed once on first start.",
+    )
+    _common(serve)
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 9000)")
+    serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
+    serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    return with_overrides(
+        config,
+        server={
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+            "tls_cert": getattr(args, "tls_cert", None),
+            "tls_key": getattr(args, "tls_key", None),
+        },
+        storage={"data_dir": args.data_dir},
+    )
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    cert, key = config.server.tls_cert, config.server.tls_key
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise SystemExit("--tls-cert and --tls-key go together")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def _serve(config: Config) -> None:
+    from gateway.app import build_app
+    from gateway.runtime import Runtime
+
+    rt = await Runtime.open(config)
+    generated = await rt.identities.bootstrap_root(config.root)
+    if generated is not None:
+        print(
+            "Generated root credentials (shown once; store them now):\n"
+            f"  access key: {generated[0]}\n  secret key: {generated[1]}",
+            flush=True,
+        )
+    app = build_app(rt)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    tls = _ssl_context(config)
+    site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=tls)
+    await site.start()
+    scheme = "https" if tls else "http"
+    logging.getLogger("strata").info(
+        "Strata listening on %s://%s:%d (data dir %s)",
+        scheme,
+        config.server.host,
+        config.server.port,
+        config.storage.data_dir,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "serve":
+        config = config_from_args(args)
+        try:
+            import uvloop
+
+            uvloop.run(_serve(config))
+        except ImportError:  # pragma: no cover - uvloop is a dependency
+            asyncio.run(_serve(config))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The one typed configuration object, loaded from a TOML file and the environment.
+
+Precedence, lowest first: built-in defaults, the TOML file (``--config``), environment
+variables, then command-line flags (applied by the CLI through :func:`with_overrides`).
+Every field of section ``S`` named ``F`` can be set from the environment as
+``STRATA_S_F`` (upper case), e.g. ``STRATA_SERVER_PORT``; the root credentials are
+``STRATA_ROOT_ACCESS_KEY`` and ``STRATA_ROOT_SECRET_KEY``. The object is passed down
+explicitly; nothing reads configuration from globals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The HTTP listener."""
+
+    host: str = "127.0.0.1"
+    port: int = 9000
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    region: str = "us-east-1"
+    # Host names under which virtual-host addressing (bucket.DOMAIN) is recognised.
+    domains: tuple[str, ...] = ("localhost", "127.0.0.1", "s3.localhost")
+    max_clock_skew_seconds: int = 900
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where data lives and how uploads are cut, packed and compressed."""
+
+    data_dir: Path = Path("strata-data")
+    chunk_min: int = 256 * 1024
+    chunk_avg: int = 1 * MiB
+    chunk_max: int = 4 * MiB
+    pack_target: int = 16 * MiB
+    zstd_level: int = 1
+    # Bytes gathered from the network before each chunker call (pyfastcdc wants big batches).
+    ingest_batch: int = 4 * MiB
+    # Chunks decoded ahead of the response stream on GET.
+    read_ahead: int = 4
+    # Worker threads for CPU stages (hashing, zstd, AES-GCM). 0 = one per core.
+    workers: int = 0
+    max_put_size: int = 5 * 1024 * MiB  # single PUT and each multipart part, as S3
+
+
+@dataclass(frozen=True)
+class RootConfig:
+    """The root user's credentials; generated and stored on first start when unset."""
+
+    access_key: str | None = None
+    secret_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a Strata process needs to know, in one object."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    root: RootConfig = field(default_factory=RootConfig)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert a TOML or environment value to the field's declared type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value == ""):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected an integer")
+        return int(value)
+    if hint is Path:
+        return Path(value)
+    if hint is str:
+        return str(value)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(i).strip() for i in items if str(i).strip())
+    raise ValueError(f"{name}: unsupported type {hint!r}")
+
+
+def _section(cls: type, values: Mapping[str, Any], env: Mapping[str, str], section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown config keys in [{section}]: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        name = f"{section}.{f.name}"
+        env_name = f"STRATA_{section}_{f.name}".upper()
+        if env_name in env:
+            kwargs[f.name] = _coerce(env[env_name], hints[f.name], name)
+        elif f.name in values:
+            kwargs[f.name] = _coerce(values[f.name], hints[f.name], name)
+    return cls(**kwargs)
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load defaults, then ``path`` (TOML) if given, then environment overrides."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = set(data) - set(sections)
+    if unknown:
+        raise ValueError(f"unknown config sections: {', '.join(sorted(unknown))}")
+    hints = typing.get_type_hints(Config)
+    built = {name: _section(hints[name], data.get(name, {}), env, name) for name in sections}
+    return Config(**built)
+
+
+def with_overrides(config: Config, **sections: Mapping[str, Any]) -> Config:
+    """Return ``config`` with the non-None values in ``sections`` replaced (CLI flags)."""
+    changed: dict[str, Any] = {}
+    for name, values in sections.items():
+        current = getattr(config, name)
+        hints = typing.get_type_hints(type(current))
+        updates = {k: _coerce(v, hints[k], f"{name}.{k}") for k, v in values.items() if v is not None}
+        changed[name] = dataclasses.replace(current, **updates)
+    return dataclasses.replace(config, **changed)

@@ -1,0 +1,230 @@
+"""The upload pipeline: stream -> batches -> FastCDC -> keyed chunk ids -> dedup lookup ->
+zstd + AES-GCM sealing -> packs in the blob backend.
+
+Stages overlap: a reader task pulls the request body into batches (bounded queue), the
+batch's digests (MD5, checksums, SHA-256) are updated in the CPU pool while the same batch is
+cut, hashed and sealed, and sealed records are appended to the open pack. Memory is bounded
+by a few batches, whatever the object size. Nothing is indexed here: the caller commits the
+returned :class:`StagedData` with the object version in one metadata transaction, or calls
+:meth:`Ingestor.discard` so no pack of a failed upload stays behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from chunker import ChunkerParams, StreamChunker
+from crypto import KEKProvider, Sealer, WrappedKey, new_dek
+from dedup import PackWriter, SealedChunk, chunk_id, new_pack_id, seal_chunk
+from dedup.manifest import Manifest
+from gateway.backends.base import BlobBackend, BlobWriter, pack_blob_name
+from gateway.config import StorageConfig
+from gateway.meta.models import NewChunk, PackRecord, StagedData
+from gateway.meta.store import MetadataStore
+from gateway.s3.errors import S3Error
+
+T = TypeVar("T")
+
+
+class Digest(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+
+@dataclass
+class IngestResult:
+    manifest: Manifest
+    size: int
+    staged: StagedData
+    blob_names: list[str]
+    dedup_bytes: int  # plain bytes that were already stored (not written again)
+
+
+def _update_all(digests: Sequence[Digest], data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    for d in digests:
+        d.update(view)
+
+
+def _ids(key: bytes, chunks: list[memoryview]) -> list[bytes]:
+    return [chunk_id(key, c) for c in chunks]
+
+
+async def _batches(source: AsyncIterator[bytes | memoryview], size: int) -> AsyncIterator[bytearray]:
+    """Regroup arbitrary network pieces into batches of at least ``size`` bytes."""
+    buf = bytearray()
+    async for piece in source:
+        buf += piece
+        if len(buf) >= size:
+            yield buf
+            buf = bytearray()
+    if buf:
+        yield buf
+
+
+@dataclass
+class _OpenPack:
+    writer: BlobWriter
+    pack: PackWriter
+    sealer: Sealer
+    wrapped: WrappedKey
+    name: str
+
+
+@dataclass
+class _Session:
+    """State of one upload: the open pack, what it wrote, and its manifest so far."""
+
+    ingestor: Ingestor
+    dedup_key: bytes
+    ids: list[bytes] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    seen: set[bytes] = field(default_factory=set)
+    packs: list[PackRecord] = field(default_factory=list)
+    chunks: list[NewChunk] = field(default_factory=list)
+    blob_names: list[str] = field(default_factory=list)
+    open: _OpenPack | None = None
+    dedup_bytes: int = 0
+
+    async def add(self, data: list[memoryview]) -> None:
+        if not data:
+            return
+        ing = self.ingestor
+        ids = await ing.cpu(_ids, self.dedup_key, data)
+        self.ids.extend(ids)
+        self.lengths.extend(len(c) for c in data)
+        candidates = list({i for i in ids if i not in self.seen})
+        known = await ing.meta.lookup_chunks(candidates) if candidates else {}
+        fresh: list[tuple[bytes, memoryview]] = []
+        for cid, chunk in zip(ids, data, strict=True):
+            if cid in self.seen or cid in known:
+                self.dedup_bytes += len(chunk)
+                continue
+            self.seen.add(cid)
+            fresh.append((cid, chunk))
+        if not fresh:
+            return
+        current = self.open or await self._open_pack()
+        sealed: list[SealedChunk] = await asyncio.gather(
+            *(ing.cpu(seal_chunk, current.sealer, cid, chunk, ing.config.zstd_level) for cid, chunk in fresh)
+        )
+        for s in sealed:
+            await current.writer.write(s.record)
+            self.chunks.append(NewChunk(s.chunk_id, current.pack.add(s)))
+        if current.pack.size >= ing.config.pack_target:
+            await self.close_pack()
+
+    async def _open_pack(self) -> _OpenPack:
+        ing = self.ingestor
+        pack_id = new_pack_id()
+        dek = new_dek()
+        wrapped = await ing.kek.wrap(dek)
+        name = pack_blob_name(pack_id)
+        writer = await ing.backend.open_writer(name)
+        pack = PackWriter(pack_id, wrapped)
+        await writer.write(pack.header())
+        self.open = _OpenPack(writer, pack, Sealer(dek), wrapped, name)
+        return self.open
+
+    async def close_pack(self) -> None:
+        current, self.open = self.open, None
+        if current is None:
+            return
+        trailer = current.pack.trailer()
+        await current.writer.write(trailer)
+        await current.writer.commit()
+        self.blob_names.append(current.name)
+        self.packs.append(PackRecord(current.pack.pack_id, current.wrapped, current.pack.size + len(trailer)))
+
+    async def abort(self) -> None:
+        current, self.open = self.open, None
+        if current is not None:
+            await current.writer.abort()
+        for name in self.blob_names:
+            await self.ingestor.backend.delete(name)
+
+
+class Ingestor:
+    """Turns a byte stream into durable, unindexed packs plus a manifest."""
+
+    def __init__(
+        self,
+        backend: BlobBackend,
+        meta: MetadataStore,
+        kek: KEKProvider,
+        pool: Executor,
+        config: StorageConfig,
+    ) -> None:
+        self.backend = backend
+        self.meta = meta
+        self.kek = kek
+        self.pool = pool
+        self.config = config
+        self.params = ChunkerParams(config.chunk_min, config.chunk_avg, config.chunk_max)
+
+    async def cpu(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def ingest(
+        self,
+        source: AsyncIterator[bytes | memoryview],
+        dedup_key: bytes,
+        digests: Sequence[Digest] = (),
+        max_size: int = 5 * 1024**3,
+    ) -> IngestResult:
+        """Store ``source``; digests see every byte in order. Raises and cleans up on failure."""
+        session = _Session(self, dedup_key)
+        chunker = StreamChunker(self.params)
+        queue: asyncio.Queue[bytearray | BaseException | None] = asyncio.Queue(maxsize=1)
+
+        async def produce() -> None:
+            try:
+                async for batch in _batches(source, self.config.ingest_batch):
+                    await queue.put(batch)
+                await queue.put(None)
+            except Exception as exc:  # handed to the consumer, which raises it
+                await queue.put(exc)
+
+        reader = asyncio.ensure_future(produce())
+        hashing: asyncio.Future[None] | None = None
+        size = 0
+        try:
+            while (batch := await queue.get()) is not None:
+                if isinstance(batch, BaseException):
+                    raise batch
+                size += len(batch)
+                if size > max_size:
+                    raise S3Error("EntityTooLarge", MaxSizeAllowed=str(max_size))
+                if hashing is not None:
+                    await hashing
+                hashing = asyncio.ensure_future(self.cpu(_update_all, digests, batch))
+                await session.add(await self.cpu(chunker.feed, batch))
+            if hashing is not None:
+                await hashing
+            await session.add(await self.cpu(chunker.finish))
+            await session.close_pack()
+        except BaseException:
+            reader.cancel()
+            if hashing is not None:
+                with contextlib.suppress(BaseException):
+                    await hashing
+            with contextlib.suppress(BaseException):
+                await reader
+            await session.abort()
+            raise
+        return IngestResult(
+            Manifest(tuple(session.ids), tuple(session.lengths)),
+            size,
+            StagedData(session.packs, session.chunks),
+            session.blob_names,
+            session.dedup_bytes,
+        )
+
+    async def discard(self, result: IngestResult) -> None:
+        """Delete the packs of an ingest whose commit will not happen."""
+        for name in result.blob_names:
+            await self.backend.delete(name)

@@ -1,0 +1,439 @@
+"""SQLite implementation of the metadata store, for the embedded default.
+
+One writer thread owns the write connection, so each write transaction runs start to finish
+in one synchronous call (no interleaving between coroutines); a second connection in its own
+thread serves reads concurrently (WAL mode). ``synchronous=FULL`` makes a commit durable
+before the client is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from crypto.kek import WrappedKey
+from dedup.manifest import Manifest
+from dedup.pack import ChunkLocation
+from gateway.meta.keyorder import prefix_successor
+from gateway.meta.models import (
+    AccessKey,
+    Bucket,
+    ListedObject,
+    MultipartUpload,
+    ObjectVersion,
+    PackRecord,
+    Part,
+    StagedData,
+    User,
+)
+from gateway.s3.errors import S3Error
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, kek_id TEXT NOT NULL, kek_version INTEGER NOT NULL,
+    dedup_key BLOB NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS access_keys (
+    access_key TEXT PRIMARY KEY, user TEXT NOT NULL REFERENCES users(name),
+    kek_id TEXT NOT NULL, kek_version INTEGER NOT NULL, secret BLOB NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS buckets (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, region TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, version_id TEXT NOT NULL, size INTEGER NOT NULL,
+    etag TEXT NOT NULL, last_modified REAL NOT NULL, manifest BLOB NOT NULL,
+    content_type TEXT NOT NULL, headers TEXT NOT NULL, user_meta TEXT NOT NULL,
+    checksum TEXT NOT NULL, parts INTEGER NOT NULL, storage_class TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS uploads (
+    upload_id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL, initiated REAL NOT NULL,
+    owner TEXT NOT NULL, content_type TEXT NOT NULL, headers TEXT NOT NULL, user_meta TEXT NOT NULL,
+    checksum_algorithm TEXT, checksum_type TEXT);
+CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, initiated);
+CREATE TABLE IF NOT EXISTS parts (
+    upload_id TEXT NOT NULL, part_number INTEGER NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
+    last_modified REAL NOT NULL, manifest BLOB NOT NULL, checksum TEXT NOT NULL,
+    PRIMARY KEY (upload_id, part_number)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS packs (
+    pack_id TEXT PRIMARY KEY, kek_id TEXT NOT NULL, kek_version INTEGER NOT NULL,
+    wrapped_dek BLOB NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    chunk_id BLOB PRIMARY KEY, pack_id TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    plain_len INTEGER NOT NULL, flags INTEGER NOT NULL, created REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, event TEXT NOT NULL);
+"""
+
+_OBJECT_COLS = (
+    "bucket, key, version_id, size, etag, last_modified, manifest, content_type, headers, "
+    "user_meta, checksum, parts, storage_class"
+)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def _row_to_version(row: tuple[Any, ...]) -> ObjectVersion:
+    return ObjectVersion(
+        bucket=row[0],
+        key=row[1],
+        version_id=row[2],
+        size=row[3],
+        etag=row[4],
+        last_modified=row[5],
+        manifest=Manifest.decode(row[6]),
+        content_type=row[7],
+        headers=json.loads(row[8]),
+        user_meta=json.loads(row[9]),
+        checksum=json.loads(row[10]),
+        parts=row[11],
+        storage_class=row[12],
+    )
+
+
+def _version_params(v: ObjectVersion) -> tuple[Any, ...]:
+    return (
+        v.bucket,
+        v.key,
+        v.version_id,
+        v.size,
+        v.etag,
+        v.last_modified,
+        v.manifest.encode(),
+        v.content_type,
+        json.dumps(v.headers),
+        json.dumps(v.user_meta),
+        json.dumps(v.checksum),
+        v.parts,
+        v.storage_class,
+    )
+
+
+def _event(name: str, bucket: str, key: str, **detail: Any) -> str:
+    return json.dumps({"eventName": name, "bucket": bucket, "key": key, "time": time.time(), **detail})
+
+
+class SqliteMetadataStore:
+    """The embedded metadata store: one SQLite file in the data dir."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meta-write")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meta-read")
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+
+    # -- plumbing -----------------------------------------------------------------------
+    async def open(self) -> None:
+        def setup() -> None:
+            self._wconn = _connect(self._path)
+            self._wconn.executescript(_SCHEMA)
+            row = self._wconn.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                self._wconn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise RuntimeError(f"metadata schema version {row[0]} is not {SCHEMA_VERSION}")
+
+        await self._run_write_raw(setup)
+        self._rconn = await asyncio.get_running_loop().run_in_executor(
+            self._reader, _connect, self._path
+        )
+
+    async def close(self) -> None:
+        for conn, pool in ((self._wconn, self._writer), (self._rconn, self._reader)):
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(pool, conn.close)
+        self._writer.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
+
+    async def _run_write_raw(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` inside one IMMEDIATE transaction on the writer thread."""
+
+        def tx() -> T:
+            assert self._wconn is not None
+            conn = self._wconn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self._run_write_raw(tx)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            assert self._rconn is not None
+            return fn(self._rconn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, run)
+
+    # -- users and keys -----------------------------------------------------------------
+    async def create_user(self, name: str, wrapped_dedup_key: WrappedKey) -> User:
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO users VALUES (?,?,?,?,?)",
+                (name, wrapped_dedup_key.kek_id, wrapped_dedup_key.kek_version, wrapped_dedup_key.blob,
+                 time.time()),
+            )
+
+        await self._write(tx)
+        return User(name, wrapped_dedup_key)
+
+    async def get_user(self, name: str) -> User | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT name, kek_id, kek_version, dedup_key FROM users WHERE name=?", (name,)
+            ).fetchone()
+        )
+        return None if row is None else User(row[0], WrappedKey(row[1], row[2], row[3]))
+
+    async def put_access_key(self, key: AccessKey) -> None:
+        w = key.wrapped_secret
+        await self._write(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO access_keys VALUES (?,?,?,?,?,?)",
+                (key.access_key, key.user, w.kek_id, w.kek_version, w.blob, time.time()),
+            )
+        )
+
+    async def get_access_key(self, access_key: str) -> AccessKey | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT access_key, user, kek_id, kek_version, secret FROM access_keys WHERE access_key=?",
+                (access_key,),
+            ).fetchone()
+        )
+        return None if row is None else AccessKey(row[0], row[1], WrappedKey(row[2], row[3], row[4]))
+
+    async def has_access_key_for(self, user: str) -> bool:
+        row = await self._read(
+            lambda c: c.execute("SELECT 1 FROM access_keys WHERE user=? LIMIT 1", (user,)).fetchone()
+        )
+        return row is not None
+
+    # -- buckets ------------------------------------------------------------------------
+    async def create_bucket(self, bucket: Bucket) -> bool:
+        def tx(c: sqlite3.Connection) -> bool:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO buckets VALUES (?,?,?,?)",
+                (bucket.name, bucket.owner, bucket.region, bucket.created),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(tx)
+
+    async def get_bucket(self, name: str) -> Bucket | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT name, owner, region, created FROM buckets WHERE name=?", (name,)).fetchone()
+        )
+        return None if row is None else Bucket(*row)
+
+    async def list_buckets(self, owner: str) -> list[Bucket]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT name, owner, region, created FROM buckets WHERE owner=? ORDER BY name", (owner,)
+            ).fetchall()
+        )
+        return [Bucket(*r) for r in rows]
+
+    async def delete_bucket(self, name: str) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            if c.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (name,)).fetchone():
+                raise S3Error("BucketNotEmpty", BucketName=name)
+            c.execute("DELETE FROM parts WHERE upload_id IN (SELECT upload_id FROM uploads WHERE bucket=?)", (name,))
+            c.execute("DELETE FROM uploads WHERE bucket=?", (name,))
+            c.execute("DELETE FROM buckets WHERE name=?", (name,))
+
+        await self._write(tx)
+
+    # -- objects ------------------------------------------------------------------------
+    @staticmethod
+    def _index(c: sqlite3.Connection, staged: StagedData) -> None:
+        now = time.time()
+        c.executemany(
+            "INSERT OR IGNORE INTO packs VALUES (?,?,?,?,?,?)",
+            [
+                (p.pack_id, p.wrapped_dek.kek_id, p.wrapped_dek.kek_version, p.wrapped_dek.blob, p.size, now)
+                for p in staged.packs
+            ],
+        )
+        c.executemany(
+            "INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?,?,?)",
+            [
+                (n.chunk_id, n.location.pack_id, n.location.offset, n.location.length,
+                 n.location.plain_len, n.location.flags, now)
+                for n in staged.chunks
+            ],
+        )
+
+    @staticmethod
+    def _put_version(c: sqlite3.Connection, v: ObjectVersion, event: str) -> None:
+        c.execute(
+            f"INSERT OR REPLACE INTO objects ({_OBJECT_COLS}) VALUES ({','.join('?' * 13)})",
+            _version_params(v),
+        )
+        c.execute(
+            "INSERT INTO outbox (created, event) VALUES (?, ?)",
+            (time.time(), _event(event, v.bucket, v.key, size=v.size, eTag=v.etag, versionId=v.version_id)),
+        )
+
+    async def put_object(self, version: ObjectVersion, staged: StagedData) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            if not c.execute("SELECT 1 FROM buckets WHERE name=?", (version.bucket,)).fetchone():
+                raise S3Error("NoSuchBucket", BucketName=version.bucket)
+            self._index(c, staged)
+            self._put_version(c, version, "ObjectCreated:Put")
+
+        await self._write(tx)
+
+    async def get_object(self, bucket: str, key: str) -> ObjectVersion | None:
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_OBJECT_COLS} FROM objects WHERE bucket=? AND key=?", (bucket, key)
+            ).fetchone()
+        )
+        return None if row is None else _row_to_version(row)
+
+    async def delete_object(self, bucket: str, key: str) -> bool:
+        def tx(c: sqlite3.Connection) -> bool:
+            cur = c.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))
+            if cur.rowcount:
+                c.execute(
+                    "INSERT INTO outbox (created, event) VALUES (?, ?)",
+                    (time.time(), _event("ObjectRemoved:Delete", bucket, key)),
+                )
+            return cur.rowcount > 0
+
+        return await self._write(tx)
+
+    async def list_objects(
+        self, bucket: str, prefix: str, after: str, inclusive: bool, limit: int
+    ) -> list[ListedObject]:
+        if after < prefix:
+            op, lower = ">=", prefix
+        else:
+            op, lower = (">=" if inclusive else ">"), after
+        sql = f"SELECT key, size, etag, last_modified, storage_class FROM objects WHERE bucket=? AND key {op} ?"
+        params: list[Any] = [bucket, lower]
+        upper = prefix_successor(prefix)
+        if upper is not None:
+            sql += " AND key < ?"
+            params.append(upper)
+        sql += " ORDER BY key LIMIT ?"
+        params.append(limit)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return [ListedObject(*r) for r in rows]
+
+    # -- multipart ----------------------------------------------------------------------
+    async def create_upload(self, upload: MultipartUpload) -> None:
+        u = upload
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (u.upload_id, u.bucket, u.key, u.initiated, u.owner, u.content_type, json.dumps(u.headers),
+                 json.dumps(u.user_meta), u.checksum_algorithm, u.checksum_type),
+            )
+        )
+
+    async def get_upload(self, bucket: str, upload_id: str) -> MultipartUpload | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT upload_id, bucket, key, initiated, owner, content_type, headers, user_meta, "
+                "checksum_algorithm, checksum_type FROM uploads WHERE upload_id=? AND bucket=?",
+                (upload_id, bucket),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return MultipartUpload(
+            row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), json.loads(row[7]), row[8], row[9]
+        )
+
+    async def put_part(self, upload_id: str, part: Part, staged: StagedData) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            if not c.execute("SELECT 1 FROM uploads WHERE upload_id=?", (upload_id,)).fetchone():
+                raise S3Error("NoSuchUpload", UploadId=upload_id)
+            self._index(c, staged)
+            c.execute(
+                "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?,?)",
+                (upload_id, part.part_number, part.size, part.etag, part.last_modified, part.manifest.encode(),
+                 json.dumps(part.checksum)),
+            )
+
+        await self._write(tx)
+
+    async def list_parts(self, upload_id: str, after: int, limit: int) -> list[Part]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT part_number, size, etag, last_modified, manifest, checksum FROM parts "
+                "WHERE upload_id=? AND part_number>? ORDER BY part_number LIMIT ?",
+                (upload_id, after, limit),
+            ).fetchall()
+        )
+        return [Part(r[0], r[1], r[2], r[3], Manifest.decode(r[4]), json.loads(r[5])) for r in rows]
+
+    async def complete_upload(self, upload_id: str, version: ObjectVersion) -> bool:
+        def tx(c: sqlite3.Connection) -> bool:
+            cur = c.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
+            if cur.rowcount == 0:
+                return False
+            c.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
+            self._put_version(c, version, "ObjectCreated:CompleteMultipartUpload")
+            return True
+
+        return await self._write(tx)
+
+    async def abort_upload(self, upload_id: str) -> bool:
+        def tx(c: sqlite3.Connection) -> bool:
+            c.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
+            return c.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,)).rowcount > 0
+
+        return await self._write(tx)
+
+    # -- chunk index and packs ----------------------------------------------------------
+    async def lookup_chunks(self, chunk_ids: list[bytes]) -> dict[bytes, ChunkLocation]:
+        if not chunk_ids:
+            return {}
+
+        def run(c: sqlite3.Connection) -> dict[bytes, ChunkLocation]:
+            found: dict[bytes, ChunkLocation] = {}
+            for i in range(0, len(chunk_ids), 500):
+                batch = chunk_ids[i : i + 500]
+                rows = c.execute(
+                    "SELECT chunk_id, pack_id, offset, length, plain_len, flags FROM chunks "
+                    f"WHERE chunk_id IN ({','.join('?' * len(batch))})",
+                    batch,
+                ).fetchall()
+                for r in rows:
+                    found[r[0]] = ChunkLocation(r[1], r[2], r[3], r[4], r[5])
+            return found
+
+        return await self._read(run)
+
+    async def get_pack(self, pack_id: str) -> PackRecord | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT pack_id, kek_id, kek_version, wrapped_dek, size FROM packs WHERE pack_id=?", (pack_id,)
+            ).fetchone()
+        )
+        return None if row is None else PackRecord(row[0], WrappedKey(row[1], row[2], row[3]), row[4])

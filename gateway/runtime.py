@@ -1,0 +1,59 @@
+"""The running gateway's parts, built from the config and closed together.
+
+The embedded default wires SQLite metadata, a local-directory blob backend and a local
+keyring under ``storage.data_dir``. Production implementations plug into the same slots.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from crypto import KEKProvider, LocalKeyring
+from gateway.backends.base import BlobBackend
+from gateway.backends.local import LocalBlobBackend
+from gateway.config import Config
+from gateway.identity import Identities
+from gateway.ingest import Ingestor
+from gateway.meta.sqlite import SqliteMetadataStore
+from gateway.meta.store import MetadataStore
+from gateway.readpath import ChunkReader
+
+
+@dataclass
+class Runtime:
+    config: Config
+    meta: MetadataStore
+    backend: BlobBackend
+    kek: KEKProvider
+    pool: ThreadPoolExecutor
+    identities: Identities
+    ingestor: Ingestor
+    reader: ChunkReader
+
+    @classmethod
+    async def open(cls, config: Config) -> Runtime:
+        data_dir = config.storage.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        kek = LocalKeyring.open_or_create(data_dir / "keyring.json")
+        meta = SqliteMetadataStore(data_dir / "meta.sqlite")
+        await meta.open()
+        backend = LocalBlobBackend(data_dir / "blobs")
+        workers = config.storage.workers or (os.cpu_count() or 2)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cpu")
+        return cls(
+            config=config,
+            meta=meta,
+            backend=backend,
+            kek=kek,
+            pool=pool,
+            identities=Identities(meta, kek),
+            ingestor=Ingestor(backend, meta, kek, pool, config.storage),
+            reader=ChunkReader(backend, meta, kek, pool, config.storage.read_ahead),
+        )
+
+    async def close(self) -> None:
+        await self.meta.close()
+        await self.backend.close()
+        self.pool.shutdown(wait=True)

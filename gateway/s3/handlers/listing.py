@@ -1,0 +1,167 @@
+"""ListObjectsV2 and ListObjects (V1).
+
+Listings page through the metadata store in key order. With a delimiter, each common prefix
+is emitted once and the scan then seeks past it (to the prefix's successor) instead of
+walking every key beneath it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from aiohttp import web
+
+from gateway.meta.keyorder import prefix_successor
+from gateway.meta.models import ListedObject
+from gateway.meta.store import MetadataStore
+from gateway.s3.errors import S3Error
+from gateway.s3.handlers.buckets import XML, owner_node
+from gateway.s3.request import S3Request
+from gateway.s3.xml import Node, document, iso8601
+
+MAX_KEYS = 1000
+
+
+@dataclass
+class Page:
+    objects: list[ListedObject]
+    prefixes: list[str]
+    truncated: bool
+    last: str | None  # the last key or common prefix returned: the resume point
+
+
+def _common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
+    if not delimiter:
+        return None
+    i = key.find(delimiter, len(prefix))
+    return None if i < 0 else key[: i + len(delimiter)]
+
+
+async def list_page(
+    meta: MetadataStore, bucket: str, prefix: str, delimiter: str, after: str, max_keys: int
+) -> Page:
+    """One page of at most ``max_keys`` entries (keys and common prefixes) after ``after``."""
+    page = Page([], [], False, None)
+    cursor, inclusive = after, False
+    if after and (cp := _common_prefix(after, prefix, delimiter)) == after and after.startswith(prefix):
+        nxt = prefix_successor(cp)
+        if nxt is None:
+            return page
+        cursor, inclusive = nxt, True
+    batch = min(MAX_KEYS, max_keys) + 1
+    while True:
+        rows = await meta.list_objects(bucket, prefix, cursor, inclusive, batch)
+        reseek = False
+        for row in rows:
+            if len(page.objects) + len(page.prefixes) >= max_keys:
+                page.truncated = True
+                return page
+            cp = _common_prefix(row.key, prefix, delimiter)
+            if cp is not None:
+                page.prefixes.append(cp)
+                page.last = cp
+                nxt = prefix_successor(cp)
+                if nxt is None:
+                    return page
+                cursor, inclusive, reseek = nxt, True, True
+                break
+            page.objects.append(row)
+            page.last = row.key
+            cursor, inclusive = row.key, False
+        if not reseek and len(rows) < batch:
+            return page
+
+
+def _max_keys(req: S3Request) -> int:
+    raw = req.query.get("max-keys", str(MAX_KEYS))
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise S3Error("InvalidArgument", "Provided max-keys not an integer or within integer range") from exc
+    if value < 0:
+        raise S3Error("InvalidArgument", "max-keys must be non-negative")
+    return min(value, MAX_KEYS)
+
+
+def _encoder(req: S3Request):  # noqa: ANN202
+    kind = req.query.get("encoding-type")
+    if kind is None:
+        return lambda s: s
+    if kind != "url":
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request")
+    return lambda s: quote(s, safe="/")
+
+
+def _contents(page: Page, enc, with_owner: str | None) -> list[Node]:  # noqa: ANN001
+    nodes: list[Node] = []
+    for o in page.objects:
+        children: list[Node] = [
+            ("Key", enc(o.key)),
+            ("LastModified", iso8601(o.last_modified)),
+            ("ETag", f'"{o.etag}"'),
+            ("Size", o.size),
+            ("StorageClass", o.storage_class),
+        ]
+        if with_owner:
+            children.append(owner_node(with_owner))
+        nodes.append(("Contents", children))
+    nodes.extend(("CommonPrefixes", [("Prefix", enc(p))]) for p in page.prefixes)
+    return nodes
+
+
+async def list_objects_v2(req: S3Request) -> web.StreamResponse:
+    bucket = await req.owned_bucket()
+    q = req.query
+    prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+    max_keys = _max_keys(req)
+    enc = _encoder(req)
+    token = q.get("continuation-token")
+    start_after = q.get("start-after", "")
+    after = start_after
+    if token is not None:
+        try:
+            after = base64.urlsafe_b64decode(token.encode()).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+            raise S3Error("InvalidArgument", "The continuation token provided is incorrect") from exc
+    page = await list_page(req.rt.meta, bucket.name, prefix, delimiter, after, max_keys)
+    children: list[Node] = [
+        ("Name", bucket.name),
+        ("Prefix", enc(prefix)),
+        ("Delimiter", enc(delimiter)) if delimiter else None,
+        ("MaxKeys", max_keys),
+        ("KeyCount", len(page.objects) + len(page.prefixes)),
+        ("IsTruncated", page.truncated),
+        ("ContinuationToken", token) if token is not None else None,
+        ("StartAfter", enc(start_after)) if start_after else None,
+        ("EncodingType", "url") if "encoding-type" in q else None,
+    ]
+    if page.truncated and page.last is not None:
+        children.append(("NextContinuationToken", base64.urlsafe_b64encode(page.last.encode()).decode()))
+    owner = req.principal.user if q.get("fetch-owner") == "true" else None
+    children.extend(_contents(page, enc, owner))
+    return web.Response(body=document("ListBucketResult", children), content_type=XML)
+
+
+async def list_objects_v1(req: S3Request) -> web.StreamResponse:
+    bucket = await req.owned_bucket()
+    q = req.query
+    prefix, delimiter, marker = q.get("prefix", ""), q.get("delimiter", ""), q.get("marker", "")
+    max_keys = _max_keys(req)
+    enc = _encoder(req)
+    page = await list_page(req.rt.meta, bucket.name, prefix, delimiter, marker, max_keys)
+    children: list[Node] = [
+        ("Name", bucket.name),
+        ("Prefix", enc(prefix)),
+        ("Marker", enc(marker)),
+        ("MaxKeys", max_keys),
+        ("Delimiter", enc(delimiter)) if delimiter else None,
+        ("IsTruncated", page.truncated),
+        ("EncodingType", "url") if "encoding-type" in q else None,
+    ]
+    if page.truncated and delimiter and page.last is not None:
+        children.append(("NextMarker", enc(page.last)))
+    children.extend(_contents(page, enc, req.principal.user))
+    return web.Response(body=document("ListBucketResult", children), content_type=XML)

@@ -1,0 +1,177 @@
+"""Object operations: PutObject, GetObject, HeadObject, DeleteObject."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.ingest import IngestResult
+from gateway.meta.models import ObjectVersion
+from gateway.s3.addressing import validate_key
+from gateway.s3.body import PayloadReader
+from gateway.s3.checksums import header_name
+from gateway.s3.conditions import check_preconditions
+from gateway.s3.errors import S3Error
+from gateway.s3.ranges import parse_range
+from gateway.s3.request import S3Request, now
+from gateway.s3.xml import http_date
+
+NULL_VERSION = "null"
+
+
+@dataclass(frozen=True)
+class StoredBody:
+    payload: PayloadReader
+    result: IngestResult
+    checksum: dict[str, str]
+
+
+async def store_body(req: S3Request, max_size: int) -> StoredBody:
+    """Stream the request body into packs and verify every digest the client declared.
+
+    On any failure the packs written are deleted before the error propagates.
+    """
+    rt = req.rt
+    payload = PayloadReader(req.http.content, req.headers, req.signing, rt.pool)
+    if payload.expected_length is not None and payload.expected_length > max_size:
+        raise S3Error("EntityTooLarge", MaxSizeAllowed=str(max_size))
+    key = await rt.identities.dedup_key(req.principal.user)
+    result = await rt.ingestor.ingest(payload.pieces(), key, payload.digests, max_size)
+    try:
+        checksum = payload.verify()
+    except BaseException:
+        await rt.ingestor.discard(result)
+        raise
+    return StoredBody(payload, result, checksum)
+
+
+def checksum_headers(checksum: dict[str, str]) -> dict[str, str]:
+    if not checksum:
+        return {}
+    return {
+        header_name(checksum["algorithm"]): checksum["value"],
+        "x-amz-checksum-type": checksum.get("type", "FULL_OBJECT"),
+    }
+
+
+async def put_object(req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None and req.key is not None
+    validate_key(req.key)
+    await req.owned_bucket()
+    rt = req.rt
+    stored = await store_body(req, rt.config.storage.max_put_size)
+    payload, result, checksum = stored.payload, stored.result, stored.checksum
+    content_type, standard, meta = req.object_headers()
+    version = ObjectVersion(
+        bucket=req.bucket,
+        key=req.key,
+        version_id=NULL_VERSION,
+        size=result.size,
+        etag=payload.md5.hexdigest(),
+        last_modified=now(),
+        manifest=result.manifest,
+        content_type=content_type,
+        headers=standard,
+        user_meta=meta,
+        checksum=checksum,
+    )
+    try:
+        await rt.meta.put_object(version, result.staged)
+    except BaseException:
+        await rt.ingestor.discard(result)
+        raise
+    headers = {"ETag": f'"{version.etag}"'}
+    if payload.client_checksum:
+        headers.update(checksum_headers(checksum))
+    return web.Response(status=200, headers=headers)
+
+
+async def _load(req: S3Request) -> ObjectVersion:
+    assert req.bucket is not None and req.key is not None
+    await req.owned_bucket()
+    version = await req.rt.meta.get_object(req.bucket, req.key)
+    if version is None:
+        raise S3Error("NoSuchKey", Key=req.key)
+    return version
+
+
+def object_response_headers(v: ObjectVersion) -> dict[str, str]:
+    headers = {
+        "ETag": f'"{v.etag}"',
+        "Last-Modified": http_date(v.last_modified),
+        "Content-Type": v.content_type,
+        "Accept-Ranges": "bytes",
+    }
+    headers.update(v.headers)
+    headers.update({f"x-amz-meta-{k}": val for k, val in v.user_meta.items()})
+    if v.parts:
+        headers["x-amz-mp-parts-count"] = str(v.parts)
+    if v.storage_class != "STANDARD":
+        headers["x-amz-storage-class"] = v.storage_class
+    return headers
+
+
+def _response_overrides(req: S3Request) -> dict[str, str]:
+    """response-content-type & co. (honoured for signed requests, as S3 does)."""
+    names = {
+        "response-content-type": "Content-Type",
+        "response-content-language": "Content-Language",
+        "response-expires": "Expires",
+        "response-cache-control": "Cache-Control",
+        "response-content-disposition": "Content-Disposition",
+        "response-content-encoding": "Content-Encoding",
+    }
+    return {header: req.query[q] for q, header in names.items() if q in req.query}
+
+
+async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
+    if "partNumber" in req.query:
+        raise S3Error("NotImplemented", "GetObject with partNumber is not supported yet.")
+    v = await _load(req)
+    try:
+        check_preconditions(req.headers, v.etag, v.last_modified)
+    except S3Error as err:
+        if err.code == "NotModified":
+            return web.Response(status=304, headers={"ETag": f'"{v.etag}"', "Last-Modified": http_date(v.last_modified)})
+        raise
+    try:
+        span = parse_range(req.headers.get("range"), v.size)
+    except S3Error:
+        if head:  # HEAD with an unsatisfiable range: 416 without a body
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{v.size}"})
+        raise
+    headers = object_response_headers(v)
+    headers.update(_response_overrides(req))
+    if span is None:
+        start, end, status = 0, v.size, 200
+        if req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+            headers.update(checksum_headers(v.checksum))
+    else:
+        start, end = span
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{v.size}"
+    resp = web.StreamResponse(status=status, headers=headers)
+    resp.content_length = end - start
+    await resp.prepare(req.http)
+    if not head:
+        async for piece in req.rt.reader.stream(v.manifest, start, end):
+            await resp.write(piece)
+    await resp.write_eof()
+    return resp
+
+
+async def head_object(req: S3Request) -> web.StreamResponse:
+    return await get_object(req, head=True)
+
+
+async def delete_object(req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None and req.key is not None
+    await req.owned_bucket()
+    await req.rt.meta.delete_object(req.bucket, req.key)
+    return web.Response(status=204)
+
+
+def new_upload_id() -> str:
+    return secrets.token_urlsafe(24)

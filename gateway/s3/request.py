@@ -1,0 +1,96 @@
+"""The per-request context handed to S3 operation handlers: addressing, the authenticated
+principal, and helpers shared by every operation (ownership checks, header extraction)."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+from multidict import CIMultiDictProxy, MultiDictProxy
+
+from gateway.identity import Principal
+from gateway.meta.models import Bucket
+from gateway.runtime import Runtime
+from gateway.s3.errors import S3Error
+from gateway.s3.sigv4 import SigningContext, verify_request
+
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+STANDARD_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
+META_PREFIX = "x-amz-meta-"
+
+
+@dataclass
+class S3Request:
+    http: web.Request
+    rt: Runtime
+    request_id: str
+    bucket: str | None
+    key: str | None
+    principal: Principal
+    signing: SigningContext | None
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self.http.headers
+
+    @property
+    def query(self) -> MultiDictProxy[str]:
+        return self.http.query
+
+    async def owned_bucket(self) -> Bucket:
+        """The addressed bucket, if it exists and belongs to the caller."""
+        assert self.bucket is not None
+        bucket = await self.rt.meta.get_bucket(self.bucket)
+        if bucket is None:
+            raise S3Error("NoSuchBucket", BucketName=self.bucket)
+        if bucket.owner != self.principal.user:
+            raise S3Error("AccessDenied")
+        return bucket
+
+    def object_headers(self) -> tuple[str, dict[str, str], dict[str, str]]:
+        """(content type, standard headers, user metadata) as the client sent them."""
+        h = self.headers
+        content_type = h.get("content-type", "binary/octet-stream")
+        standard: dict[str, str] = {}
+        for name in STANDARD_HEADERS:
+            if name in h:
+                standard[name] = h[name]
+        if "content-encoding" in standard:
+            codings = [c.strip() for c in standard["content-encoding"].split(",")]
+            kept = [c for c in codings if c and c.lower() != "aws-chunked"]
+            if kept:
+                standard["content-encoding"] = ", ".join(kept)
+            else:
+                del standard["content-encoding"]
+        meta = {k[len(META_PREFIX) :].lower(): v for k, v in h.items() if k.lower().startswith(META_PREFIX)}
+        return content_type, standard, meta
+
+
+async def authenticate(http: web.Request, rt: Runtime) -> tuple[Principal, SigningContext | None]:
+    """Verify the request's SigV4 signature; anonymous requests are denied."""
+    auth = http.headers.get("authorization", "") or http.query.get("X-Amz-Credential", "")
+    m = _CREDENTIAL.search(auth) if "Credential=" in auth else re.match(r"([^/]+)/", auth)
+    if m:
+        await rt.identities.principal(m.group(1))  # warm the cache for the sync lookup
+    ctx = verify_request(
+        http.method,
+        http.path,
+        [(k, v) for k, v in http.query.items()],
+        http.headers,
+        rt.identities.cached_secret,
+        datetime.now(UTC),
+        max_skew=timedelta(seconds=rt.config.server.max_clock_skew_seconds),
+    )
+    if ctx is None:
+        raise S3Error("AccessDenied", "Anonymous access is not allowed.")
+    principal = await rt.identities.principal(ctx.access_key)
+    if principal is None:
+        raise S3Error("InvalidAccessKeyId")
+    return principal, ctx
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,79 @@
+"""Maps (method, bucket?, key?, sub-resource) to the S3 operation that serves it.
+
+Operations that exist in S3 but that Strata does not implement yet answer
+``NotImplemented`` (501), never a 500 or a silently wrong success.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from gateway.s3.errors import S3Error
+from gateway.s3.handlers import buckets, listing, multipart, objects
+from gateway.s3.request import S3Request
+
+Handler = Callable[[S3Request], Awaitable[web.StreamResponse]]
+
+# Query parameters that name a sub-resource (a different operation) in S3.
+SUBRESOURCES = frozenset(
+    {
+        "accelerate", "acl", "analytics", "attributes", "cors", "delete", "encryption",
+        "intelligent-tiering", "inventory", "legal-hold", "lifecycle", "location", "logging",
+        "metrics", "notification", "object-lock", "ownershipControls", "partNumber", "policy",
+        "policyStatus", "publicAccessBlock", "replication", "requestPayment", "restore", "retention",
+        "select", "tagging", "torrent", "uploadId", "uploads", "versionId", "versioning", "versions",
+        "website",
+    }
+)  # fmt: skip
+
+_SERVICE: dict[tuple[str, str | None], Handler] = {("GET", None): buckets.list_buckets}
+_BUCKET: dict[tuple[str, str | None], Handler] = {
+    ("PUT", None): buckets.create_bucket,
+    ("HEAD", None): buckets.head_bucket,
+    ("DELETE", None): buckets.delete_bucket,
+    ("GET", None): listing.list_objects_v1,
+    ("GET", "list-type=2"): listing.list_objects_v2,
+    ("GET", "location"): buckets.get_bucket_location,
+}
+_OBJECT: dict[tuple[str, str | None], Handler] = {
+    ("PUT", None): objects.put_object,
+    ("GET", None): objects.get_object,
+    ("HEAD", None): objects.head_object,
+    ("DELETE", None): objects.delete_object,
+    ("POST", "uploads"): multipart.create_upload,
+    ("PUT", "uploadId"): multipart.upload_part,
+    ("POST", "uploadId"): multipart.complete_upload,
+    ("DELETE", "uploadId"): multipart.abort_upload,
+    ("GET", "uploadId"): multipart.list_parts,
+    ("GET", "partNumber"): objects.get_object,
+    ("HEAD", "partNumber"): objects.head_object,
+}
+
+
+def _subresource(query: Mapping[str, str]) -> str | None:
+    if query.get("list-type") == "2":
+        return "list-type=2"
+    present = sorted(k for k in query if k in SUBRESOURCES)
+    if "uploadId" in present:
+        return "uploadId"
+    return present[0] if present else None
+
+
+def route(method: str, bucket: str | None, key: str | None, query: Mapping[str, str], headers: Mapping[str, str]) -> Handler:
+    sub = _subresource(query)
+    if bucket is None:
+        table = _SERVICE
+    elif key is None:
+        table = _BUCKET
+    else:
+        table = _OBJECT
+        if method == "PUT" and "x-amz-copy-source" in headers:
+            raise S3Error("NotImplemented", "CopyObject is not implemented yet.")
+    handler = table.get((method, sub))
+    if handler is None:
+        if any(method == m for m, _ in table):
+            raise S3Error("NotImplemented", f"{method} with ?{sub} is not implemented.")
+        raise S3Error("MethodNotAllowed", Method=method, ResourceType="OBJECT" if key else "BUCKET")
+    return handler

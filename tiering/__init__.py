@@ -1,0 +1,1 @@
+"""Tiering: lifecycle rules and hot/warm/cold transitions (not built yet; see the issues)."""
