@@ -97,7 +97,9 @@ class ChunkReader:
                 while next_index < last and len(pending) < self.read_ahead:
                     cid = manifest.chunk_ids[next_index]
                     if cid not in locs:
-                        locs = await self._locations(manifest.chunk_ids[next_index : next_index + LOOKUP_WINDOW])
+                        locs = await self._locations(
+                            manifest.chunk_ids[next_index : next_index + LOOKUP_WINDOW]
+                        )
                     pending.append(asyncio.ensure_future(self._chunk(cid, locs[cid])))
                     next_index += 1
                 plain = memoryview(await pending.popleft())

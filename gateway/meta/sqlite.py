@@ -149,9 +149,7 @@ class SqliteMetadataStore:
                 raise RuntimeError(f"metadata schema version {row[0]} is not {SCHEMA_VERSION}")
 
         await self._run_write_raw(setup)
-        self._rconn = await asyncio.get_running_loop().run_in_executor(
-            self._reader, _connect, self._path
-        )
+        self._rconn = await asyncio.get_running_loop().run_in_executor(self._reader, _connect, self._path)
 
     async def close(self) -> None:
         for conn, pool in ((self._wconn, self._writer), (self._rconn, self._reader)):
@@ -192,8 +190,13 @@ class SqliteMetadataStore:
         def tx(c: sqlite3.Connection) -> None:
             c.execute(
                 "INSERT INTO users VALUES (?,?,?,?,?)",
-                (name, wrapped_dedup_key.kek_id, wrapped_dedup_key.kek_version, wrapped_dedup_key.blob,
-                 time.time()),
+                (
+                    name,
+                    wrapped_dedup_key.kek_id,
+                    wrapped_dedup_key.kek_version,
+                    wrapped_dedup_key.blob,
+                    time.time(),
+                ),
             )
 
         await self._write(tx)
@@ -244,7 +247,9 @@ class SqliteMetadataStore:
 
     async def get_bucket(self, name: str) -> Bucket | None:
         row = await self._read(
-            lambda c: c.execute("SELECT name, owner, region, created FROM buckets WHERE name=?", (name,)).fetchone()
+            lambda c: c.execute(
+                "SELECT name, owner, region, created FROM buckets WHERE name=?", (name,)
+            ).fetchone()
         )
         return None if row is None else Bucket(*row)
 
@@ -260,7 +265,9 @@ class SqliteMetadataStore:
         def tx(c: sqlite3.Connection) -> None:
             if c.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (name,)).fetchone():
                 raise S3Error("BucketNotEmpty", BucketName=name)
-            c.execute("DELETE FROM parts WHERE upload_id IN (SELECT upload_id FROM uploads WHERE bucket=?)", (name,))
+            c.execute(
+                "DELETE FROM parts WHERE upload_id IN (SELECT upload_id FROM uploads WHERE bucket=?)", (name,)
+            )
             c.execute("DELETE FROM uploads WHERE bucket=?", (name,))
             c.execute("DELETE FROM buckets WHERE name=?", (name,))
 
@@ -280,8 +287,15 @@ class SqliteMetadataStore:
         c.executemany(
             "INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?,?,?)",
             [
-                (n.chunk_id, n.location.pack_id, n.location.offset, n.location.length,
-                 n.location.plain_len, n.location.flags, now)
+                (
+                    n.chunk_id,
+                    n.location.pack_id,
+                    n.location.offset,
+                    n.location.length,
+                    n.location.plain_len,
+                    n.location.flags,
+                    now,
+                )
                 for n in staged.chunks
             ],
         )
@@ -333,7 +347,9 @@ class SqliteMetadataStore:
             op, lower = ">=", prefix
         else:
             op, lower = (">=" if inclusive else ">"), after
-        sql = f"SELECT key, size, etag, last_modified, storage_class FROM objects WHERE bucket=? AND key {op} ?"
+        sql = (
+            f"SELECT key, size, etag, last_modified, storage_class FROM objects WHERE bucket=? AND key {op} ?"
+        )
         params: list[Any] = [bucket, lower]
         upper = prefix_successor(prefix)
         if upper is not None:
@@ -350,8 +366,18 @@ class SqliteMetadataStore:
         await self._write(
             lambda c: c.execute(
                 "INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (u.upload_id, u.bucket, u.key, u.initiated, u.owner, u.content_type, json.dumps(u.headers),
-                 json.dumps(u.user_meta), u.checksum_algorithm, u.checksum_type),
+                (
+                    u.upload_id,
+                    u.bucket,
+                    u.key,
+                    u.initiated,
+                    u.owner,
+                    u.content_type,
+                    json.dumps(u.headers),
+                    json.dumps(u.user_meta),
+                    u.checksum_algorithm,
+                    u.checksum_type,
+                ),
             )
         )
 
@@ -366,7 +392,16 @@ class SqliteMetadataStore:
         if row is None:
             return None
         return MultipartUpload(
-            row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), json.loads(row[7]), row[8], row[9]
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            json.loads(row[6]),
+            json.loads(row[7]),
+            row[8],
+            row[9],
         )
 
     async def put_part(self, upload_id: str, part: Part, staged: StagedData) -> None:
@@ -376,8 +411,15 @@ class SqliteMetadataStore:
             self._index(c, staged)
             c.execute(
                 "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?,?)",
-                (upload_id, part.part_number, part.size, part.etag, part.last_modified, part.manifest.encode(),
-                 json.dumps(part.checksum)),
+                (
+                    upload_id,
+                    part.part_number,
+                    part.size,
+                    part.etag,
+                    part.last_modified,
+                    part.manifest.encode(),
+                    json.dumps(part.checksum),
+                ),
             )
 
         await self._write(tx)
@@ -433,7 +475,8 @@ class SqliteMetadataStore:
     async def get_pack(self, pack_id: str) -> PackRecord | None:
         row = await self._read(
             lambda c: c.execute(
-                "SELECT pack_id, kek_id, kek_version, wrapped_dek, size FROM packs WHERE pack_id=?", (pack_id,)
+                "SELECT pack_id, kek_id, kek_version, wrapped_dek, size FROM packs WHERE pack_id=?",
+                (pack_id,),
             ).fetchone()
         )
         return None if row is None else PackRecord(row[0], WrappedKey(row[1], row[2], row[3]), row[4])

@@ -71,13 +71,16 @@ class PayloadReader:
             self._signed_chunks = signed
             if signed and ctx is None:
                 raise S3Error("AccessDenied", "Signed streaming payloads need a signed request.")
-            self._decoder = AwsChunkedDecoder(
-                ChunkSigner(ctx) if signed and ctx else None, expect_trailer=trailer, signed_trailer=signed and trailer
-            )
             declared = headers.get("x-amz-decoded-content-length")
             if declared is None:
                 raise S3Error("MissingContentLength", "x-amz-decoded-content-length is required.")
             self.expected_length: int | None = _parse_length(declared)
+            self._decoder = AwsChunkedDecoder(
+                ChunkSigner(ctx) if signed and ctx else None,
+                expect_trailer=trailer,
+                signed_trailer=signed and trailer,
+                decoded_content_length=self.expected_length,
+            )
         else:
             raw = headers.get("content-length")
             self.expected_length = _parse_length(raw) if raw is not None else None
@@ -108,7 +111,9 @@ class PayloadReader:
 
     def _header_checksum_value(self) -> tuple[str, bytes] | None:
         found = [
-            (algo, self._headers[header_name(algo)]) for algo in ALGORITHMS if header_name(algo) in self._headers
+            (algo, self._headers[header_name(algo)])
+            for algo in ALGORITHMS
+            if header_name(algo) in self._headers
         ]
         if len(found) > 1:
             raise S3Error("InvalidRequest", "Expecting a single x-amz-checksum- header.")

@@ -27,7 +27,9 @@ def etag_matches(header: str, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-def check_preconditions(headers: Mapping[str, str], etag: str, last_modified: float, prefix: str = "") -> None:
+def check_preconditions(
+    headers: Mapping[str, str], etag: str, last_modified: float, prefix: str = ""
+) -> None:
     """Raise ``PreconditionFailed`` (412) or ``NotModified`` (304) as S3 would.
 
     ``prefix`` selects the header family, e.g. ``"x-amz-copy-source-"`` for copy sources.

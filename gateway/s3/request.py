@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -77,7 +78,7 @@ async def authenticate(http: web.Request, rt: Runtime) -> tuple[Principal, Signi
         await rt.identities.principal(m.group(1))  # warm the cache for the sync lookup
     ctx = verify_request(
         http.method,
-        http.path,
+        unquote_to_bytes(http.raw_path.split("?", 1)[0]),
         [(k, v) for k, v in http.query.items()],
         http.headers,
         rt.identities.cached_secret,

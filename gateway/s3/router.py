@@ -61,7 +61,9 @@ def _subresource(query: Mapping[str, str]) -> str | None:
     return present[0] if present else None
 
 
-def route(method: str, bucket: str | None, key: str | None, query: Mapping[str, str], headers: Mapping[str, str]) -> Handler:
+def route(
+    method: str, bucket: str | None, key: str | None, query: Mapping[str, str], headers: Mapping[str, str]
+) -> Handler:
     sub = _subresource(query)
     if bucket is None:
         table = _SERVICE

@@ -11,7 +11,6 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from email.utils import formatdate
-from typing import Union
 from xml.sax.saxutils import escape
 
 from gateway.s3.errors import S3Error
@@ -19,8 +18,8 @@ from gateway.s3.errors import S3Error
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MAX_XML_BODY = 2 * 1024 * 1024
 
-Node = Union[tuple[str, "Content"], None]
-Content = Union[str, int, bool, Iterable[Node], None]
+Node = tuple[str, "Content"] | None
+Content = str | int | bool | Iterable[Node] | None
 
 
 def iso8601(ts: float) -> str:

@@ -23,7 +23,10 @@ async def list_buckets(req: S3Request) -> web.StreamResponse:
         "ListAllMyBucketsResult",
         [
             owner_node(req.principal.user),
-            ("Buckets", [("Bucket", [("Name", b.name), ("CreationDate", iso8601(b.created))]) for b in buckets]),
+            (
+                "Buckets",
+                [("Bucket", [("Name", b.name), ("CreationDate", iso8601(b.created))]) for b in buckets],
+            ),
         ],
     )
     return web.Response(body=body, content_type=XML)

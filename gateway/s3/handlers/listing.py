@@ -86,7 +86,7 @@ def _max_keys(req: S3Request) -> int:
     return min(value, MAX_KEYS)
 
 
-def _encoder(req: S3Request):  # noqa: ANN202
+def _encoder(req: S3Request):
     kind = req.query.get("encoding-type")
     if kind is None:
         return lambda s: s
@@ -95,7 +95,7 @@ def _encoder(req: S3Request):  # noqa: ANN202
     return lambda s: quote(s, safe="/")
 
 
-def _contents(page: Page, enc, with_owner: str | None) -> list[Node]:  # noqa: ANN001
+def _contents(page: Page, enc, with_owner: str | None) -> list[Node]:
     nodes: list[Node] = []
     for o in page.objects:
         children: list[Node] = [

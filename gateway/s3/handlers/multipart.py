@@ -72,7 +72,10 @@ async def create_upload(req: S3Request) -> web.StreamResponse:
     )
     headers = {}
     if upload.checksum_algorithm:
-        headers = {"x-amz-checksum-algorithm": upload.checksum_algorithm, "x-amz-checksum-type": upload.checksum_type or ""}
+        headers = {
+            "x-amz-checksum-algorithm": upload.checksum_algorithm,
+            "x-amz-checksum-type": upload.checksum_type or "",
+        }
     return web.Response(body=body, content_type=XML, headers=headers)
 
 
@@ -88,7 +91,10 @@ async def upload_part(req: S3Request) -> web.StreamResponse:
     stored = await store_body(req, req.rt.config.storage.max_put_size)
     if upload.checksum_algorithm and stored.checksum["algorithm"] != upload.checksum_algorithm:
         await req.rt.ingestor.discard(stored.result)
-        raise S3Error("InvalidRequest", f"The upload was created using the {upload.checksum_algorithm} checksum algorithm.")
+        raise S3Error(
+            "InvalidRequest",
+            f"The upload was created using the {upload.checksum_algorithm} checksum algorithm.",
+        )
     part = Part(
         part_number=number,
         size=stored.result.size,
@@ -121,7 +127,10 @@ def _requested_parts(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
         sums = {a: v.strip() for a, tag in _TAG.items() if (v := child_text(el, tag)) is not None}
         out.append((int(number), etag.strip().strip('"'), sums))
     if not out:
-        raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema")
+        raise S3Error(
+            "MalformedXML",
+            "The XML you provided was not well-formed or did not validate against our published schema",
+        )
     return out
 
 
@@ -144,8 +153,14 @@ def _final_checksum(upload: MultipartUpload, chosen: list[Part]) -> dict[str, st
             return {}
         digests.append(base64.b64decode(p.checksum["value"]))
     if algo is None or upload.checksum_type == "FULL_OBJECT":
-        combined = combine_full_object_crc(algo or "CRC64NVME", [(d, p.size) for d, p in zip(digests, chosen, strict=True)])
-        return {"algorithm": algo or "CRC64NVME", "value": base64.b64encode(combined).decode(), "type": "FULL_OBJECT"}
+        combined = combine_full_object_crc(
+            algo or "CRC64NVME", [(d, p.size) for d, p in zip(digests, chosen, strict=True)]
+        )
+        return {
+            "algorithm": algo or "CRC64NVME",
+            "value": base64.b64encode(combined).decode(),
+            "type": "FULL_OBJECT",
+        }
     return {"algorithm": algo, "value": composite_checksum(algo, digests), "type": "COMPOSITE"}
 
 
@@ -168,7 +183,10 @@ async def complete_upload(req: S3Request) -> web.StreamResponse:
                 raise S3Error("InvalidPart", UploadId=upload.upload_id, PartNumber=str(number), ETag=etag)
         if index < len(requested) - 1 and part.size < MIN_PART_SIZE:
             raise S3Error(
-                "EntityTooSmall", ProposedSize=str(part.size), MinSizeAllowed=str(MIN_PART_SIZE), PartNumber=str(number)
+                "EntityTooSmall",
+                ProposedSize=str(part.size),
+                MinSizeAllowed=str(MIN_PART_SIZE),
+                PartNumber=str(number),
             )
         chosen.append(part)
     manifest_parts = [p.manifest for p in chosen]

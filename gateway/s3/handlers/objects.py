@@ -134,7 +134,9 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
         check_preconditions(req.headers, v.etag, v.last_modified)
     except S3Error as err:
         if err.code == "NotModified":
-            return web.Response(status=304, headers={"ETag": f'"{v.etag}"', "Last-Modified": http_date(v.last_modified)})
+            return web.Response(
+                status=304, headers={"ETag": f'"{v.etag}"', "Last-Modified": http_date(v.last_modified)}
+            )
         raise
     try:
         span = parse_range(req.headers.get("range"), v.size)

@@ -1,0 +1,1 @@
+"""Strata gateway: the S3-compatible HTTP front end and its protocol pieces."""

@@ -1,0 +1,1 @@
+"""S3 protocol: errors, SigV4 authentication, aws-chunked bodies and checksums."""
