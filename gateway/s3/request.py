@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
 from datetime import UTC, datetime, timedelta
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDictProxy
