@@ -1,0 +1,74 @@
+"""Envelope encryption of data: DEKs and AES-256-GCM sealing.
+
+This module owns data encryption under a data-encryption key (DEK). Each pack gets its
+own random 256-bit DEK (:func:`new_dek`), which is stored only in wrapped form (see
+:mod:`crypto.kek`). A :class:`Sealer` encrypts and authenticates byte strings under one
+DEK::
+
+    sealed = nonce (12, random) || ciphertext (len(plaintext)) || tag (16)
+
+The AAD is the caller's (the pack record header, see :mod:`dedup.pack`). Random 96-bit
+nonces are safe up to about 2**32 seals per DEK, far above what one pack holds.
+
+A ``Sealer`` is immutable and safe to share between threads; ``cryptography`` releases
+the GIL while it encrypts. Inputs may be ``memoryview``\\ s and are not copied.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from crypto.errors import IntegrityError
+
+DEK_LEN = 32
+NONCE_LEN = 12
+TAG_LEN = 16
+SEAL_OVERHEAD = NONCE_LEN + TAG_LEN
+
+Buffer = bytes | bytearray | memoryview
+
+
+def new_dek() -> bytes:
+    """A fresh random 256-bit data-encryption key."""
+    return os.urandom(DEK_LEN)
+
+
+class Sealer:
+    """AES-256-GCM with one DEK."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, dek: bytes) -> None:
+        if len(dek) != DEK_LEN:
+            raise ValueError(f"a DEK must be {DEK_LEN} bytes, got {len(dek)}")
+        self._aead = AESGCM(dek)
+
+    def seal_parts(self, plaintext: Buffer, aad: Buffer) -> tuple[bytes, bytes]:
+        """Encrypt; return ``(nonce, ciphertext || tag)`` so callers can frame without a join."""
+        nonce = os.urandom(NONCE_LEN)
+        return nonce, self._aead.encrypt(nonce, plaintext, aad)
+
+    def seal(self, plaintext: Buffer, aad: Buffer) -> bytes:
+        """Encrypt; return ``nonce || ciphertext || tag``."""
+        nonce, ct = self.seal_parts(plaintext, aad)
+        return nonce + ct
+
+    def open_parts(self, nonce: Buffer, ciphertext: Buffer, aad: Buffer) -> bytes:
+        """Decrypt ``ciphertext || tag``; raise :class:`IntegrityError` if it does not authenticate."""
+        try:
+            return self._aead.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise IntegrityError("AES-GCM authentication failed (wrong key, AAD or tampered data)") from None
+
+    def open(self, sealed: Buffer, aad: Buffer) -> bytes:
+        """Decrypt ``nonce || ciphertext || tag``; raise :class:`IntegrityError` on any mismatch."""
+        view = memoryview(sealed).cast("B")
+        if view.nbytes < SEAL_OVERHEAD:
+            raise IntegrityError(f"sealed data too short ({view.nbytes} bytes)")
+        return self.open_parts(view[:NONCE_LEN], view[NONCE_LEN:], aad)
+
+    def __repr__(self) -> str:
+        return "Sealer(<DEK hidden>)"
