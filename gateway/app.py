@@ -71,7 +71,7 @@ async def handle(http: web.Request) -> web.StreamResponse:
 def build_app(rt: Runtime) -> web.Application:
     app = web.Application(client_max_size=1024**2)
     app[RUNTIME] = rt
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
 
     async def close_runtime(_: web.Application) -> None:
         await rt.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.config import Config, load_config, with_overrides
+from gateway.memory import tune_malloc
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "serve":
         config = config_from_args(args)
+        tune_malloc()
         try:
             import uvloop
 

@@ -48,7 +48,9 @@ class StorageConfig:
     pack_target: int = 16 * MiB
     zstd_level: int = 1
     # Bytes gathered from the network before each chunker call (pyfastcdc wants big batches).
-    ingest_batch: int = 4 * MiB
+    ingest_batch: int = 1 * MiB
+    # Batches processed (cut + sealed + written) at once across all uploads.
+    ingest_slots: int = 4
     # Chunks decoded ahead of the response stream on GET.
     read_ahead: int = 4
     # Worker threads for CPU stages (hashing, zstd, AES-GCM). 0 = one per core.

@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol, TypeVar
 
 from chunker import ChunkerParams, StreamChunker
@@ -165,6 +166,9 @@ class Ingestor:
         self.pool = pool
         self.config = config
         self.params = ChunkerParams(config.chunk_min, config.chunk_avg, config.chunk_max)
+        # Batches being cut, sealed and written at once, across all uploads: bounds the
+        # memory of many concurrent uploads (each also holds at most ~2 batches + a carry).
+        self._slots = asyncio.Semaphore(max(1, config.ingest_slots))
 
     async def cpu(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -202,10 +206,12 @@ class Ingestor:
                 if hashing is not None:
                     await hashing
                 hashing = asyncio.ensure_future(self.cpu(_update_all, digests, batch))
-                await session.add(await self.cpu(chunker.feed, batch))
+                async with self._slots:
+                    await session.add(await self.cpu(partial(chunker.feed, batch, owned=True)))
             if hashing is not None:
                 await hashing
-            await session.add(await self.cpu(chunker.finish))
+            async with self._slots:
+                await session.add(await self.cpu(chunker.finish))
             await session.close_pack()
         except BaseException:
             reader.cancel()

@@ -133,6 +133,16 @@ class PayloadReader:
             out.append(self._sha256)
         return out
 
+    @property
+    def has_content_md5(self) -> bool:
+        return self._content_md5 is not None
+
+    def digests_update(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed payload bytes to every digest (for bodies read whole, not ingested)."""
+        view = memoryview(data)
+        for d in self.digests:
+            d.update(view)  # type: ignore[attr-defined]
+
     async def _raw(self) -> AsyncIterator[bytes]:
         while True:
             try:

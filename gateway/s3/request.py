@@ -15,8 +15,10 @@ from multidict import CIMultiDictProxy, MultiDictProxy
 from gateway.identity import Principal
 from gateway.meta.models import Bucket
 from gateway.runtime import Runtime
+from gateway.s3.body import PayloadReader
 from gateway.s3.errors import S3Error
 from gateway.s3.sigv4 import SigningContext, verify_request
+from gateway.s3.xml import MAX_XML_BODY
 
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 STANDARD_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
@@ -50,6 +52,23 @@ class S3Request:
         if bucket.owner != self.principal.user:
             raise S3Error("AccessDenied")
         return bucket
+
+    async def read_document(self, limit: int = MAX_XML_BODY, require_digest: bool = False) -> bytes:
+        """The whole (small) request body, decoded and verified like an object payload.
+
+        ``require_digest`` demands Content-MD5 or an x-amz-checksum-* (DeleteObjects).
+        """
+        payload = PayloadReader(self.http.content, self.headers, self.signing, self.rt.pool)
+        if require_digest and not (payload.has_content_md5 or payload.client_checksum):
+            raise S3Error("InvalidRequest", "Missing required header for this request: Content-MD5")
+        body = bytearray()
+        async for piece in payload.pieces():
+            body += piece
+            if len(body) > limit:
+                raise S3Error("MalformedXML", "The XML you provided was too large.")
+        payload.digests_update(body)
+        payload.verify()
+        return bytes(body)
 
     def object_headers(self) -> tuple[str, dict[str, str], dict[str, str]]:
         """(content type, standard headers, user metadata) as the client sent them."""

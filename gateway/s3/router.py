@@ -36,6 +36,7 @@ _BUCKET: dict[tuple[str, str | None], Handler] = {
     ("GET", None): listing.list_objects_v1,
     ("GET", "list-type=2"): listing.list_objects_v2,
     ("GET", "location"): buckets.get_bucket_location,
+    ("POST", "delete"): objects.delete_objects,
 }
 _OBJECT: dict[tuple[str, str | None], Handler] = {
     ("PUT", None): objects.put_object,

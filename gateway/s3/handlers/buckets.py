@@ -36,7 +36,7 @@ async def create_bucket(req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
     validate_bucket_name(req.bucket)
     region = req.rt.config.server.region
-    body = await req.http.read()
+    body = await req.read_document()
     if body.strip():
         constraint = child_text(parse(body), "LocationConstraint")
         # s3fs sends the region even for us-east-1; accept our own region under any spelling S3 allows.

@@ -167,7 +167,7 @@ def _final_checksum(upload: MultipartUpload, chosen: list[Part]) -> dict[str, st
 async def complete_upload(req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     upload = await _upload(req)
-    requested = _requested_parts(await req.http.read())
+    requested = _requested_parts(await req.read_document())
     stored = await _all_parts(req, upload.upload_id)
     chosen: list[Part] = []
     previous = 0

@@ -16,7 +16,7 @@ from gateway.s3.conditions import check_preconditions
 from gateway.s3.errors import S3Error
 from gateway.s3.ranges import parse_range
 from gateway.s3.request import S3Request, now
-from gateway.s3.xml import http_date
+from gateway.s3.xml import Node, child_text, document, http_date, parse
 
 NULL_VERSION = "null"
 
@@ -177,3 +177,39 @@ async def delete_object(req: S3Request) -> web.StreamResponse:
 
 def new_upload_id() -> str:
     return secrets.token_urlsafe(24)
+
+
+MAX_DELETE_KEYS = 1000
+
+
+def _delete_request(body: bytes) -> tuple[bool, list[str]]:
+    root = parse(body)
+    if root.tag != "Delete":
+        raise S3Error("MalformedXML")
+    quiet = (child_text(root, "Quiet") or "").strip().lower() == "true"
+    keys = []
+    for el in root.findall("Object"):
+        key = child_text(el, "Key")
+        if key is None:
+            raise S3Error("MalformedXML")
+        keys.append(key)
+    if not keys or len(keys) > MAX_DELETE_KEYS:
+        raise S3Error("MalformedXML")
+    return quiet, keys
+
+
+async def delete_objects(req: S3Request) -> web.StreamResponse:
+    """DeleteObjects: up to 1000 keys; each result reported unless quiet."""
+    bucket = await req.owned_bucket()
+    quiet, keys = _delete_request(await req.read_document(require_digest=True))
+    children: list[Node] = []
+    for key in keys:
+        try:
+            validate_key(key)
+            await req.rt.meta.delete_object(bucket.name, key)
+        except S3Error as err:
+            children.append(("Error", [("Key", key), ("Code", err.code), ("Message", err.message)]))
+            continue
+        if not quiet:
+            children.append(("Deleted", [("Key", key)]))
+    return web.Response(body=document("DeleteResult", children), content_type="application/xml")
