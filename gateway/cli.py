@@ -116,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    if args.command == "serve":
+    try:
         config = config_from_args(args)
+    except (OSError, ValueError) as exc:
+        print(f"strata: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
         tune_malloc()
         try:
             import uvloop

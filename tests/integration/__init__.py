@@ -1,0 +1,1 @@
+"""Integration tests: drive a real Strata server process over real HTTP."""
