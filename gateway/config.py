@@ -46,13 +46,17 @@ class StorageConfig:
     chunk_avg: int = 1 * MiB
     chunk_max: int = 4 * MiB
     pack_target: int = 16 * MiB
+    # Objects whose new data is at most this size are group-committed into shared packs.
+    small_object_max: int = 1 * MiB
     zstd_level: int = 1
     # Bytes gathered from the network before each chunker call (pyfastcdc wants big batches).
     ingest_batch: int = 1 * MiB
     # Batches processed (cut + sealed + written) at once across all uploads.
     ingest_slots: int = 4
-    # Chunks decoded ahead of the response stream on GET.
-    read_ahead: int = 4
+    # GET: adjacent records of a pack are fetched with one read of at most read_run bytes,
+    # and read_ahead such runs are fetched and decoded ahead of the response stream.
+    read_run: int = 4 * MiB
+    read_ahead: int = 3
     # Worker threads for CPU stages (hashing, zstd, AES-GCM). 0 = one per core.
     workers: int = 0
     max_put_size: int = 5 * 1024 * MiB  # single PUT and each multipart part, as S3

@@ -20,13 +20,14 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from chunker import ChunkerParams, StreamChunker
-from crypto import KEKProvider, Sealer, WrappedKey, new_dek
-from dedup import PackWriter, SealedChunk, chunk_id, new_pack_id, seal_chunk
+from crypto import KEKProvider
+from dedup import chunk_id
 from dedup.manifest import Manifest
-from gateway.backends.base import BlobBackend, BlobWriter, pack_blob_name
+from gateway.backends.base import BlobBackend
 from gateway.config import StorageConfig
 from gateway.meta.models import NewChunk, PackRecord, StagedData
 from gateway.meta.store import MetadataStore
+from gateway.packs import Fresh, OpenPack, SmallObjectPacker
 from gateway.s3.errors import S3Error
 
 T = TypeVar("T")
@@ -68,17 +69,8 @@ async def _batches(source: AsyncIterator[bytes | memoryview], size: int) -> Asyn
 
 
 @dataclass
-class _OpenPack:
-    writer: BlobWriter
-    pack: PackWriter
-    sealer: Sealer
-    wrapped: WrappedKey
-    name: str
-
-
-@dataclass
 class _Session:
-    """State of one upload: the open pack, what it wrote, and its manifest so far."""
+    """State of one upload: its open pack, what it wrote, and its manifest so far."""
 
     ingestor: Ingestor
     dedup_key: bytes
@@ -88,10 +80,11 @@ class _Session:
     packs: list[PackRecord] = field(default_factory=list)
     chunks: list[NewChunk] = field(default_factory=list)
     blob_names: list[str] = field(default_factory=list)
-    open: _OpenPack | None = None
+    open: OpenPack | None = None
     dedup_bytes: int = 0
 
-    async def add(self, data: list[memoryview]) -> None:
+    async def add(self, data: list[memoryview], final: bool = False) -> None:
+        """Index-check, seal and store ``data``; ``final`` marks the upload's last chunks."""
         if not data:
             return
         ing = self.ingestor
@@ -100,7 +93,7 @@ class _Session:
         self.lengths.extend(len(c) for c in data)
         candidates = list({i for i in ids if i not in self.seen})
         known = await ing.meta.lookup_chunks(candidates) if candidates else {}
-        fresh: list[tuple[bytes, memoryview]] = []
+        fresh: Fresh = []
         for cid, chunk in zip(ids, data, strict=True):
             if cid in self.seen or cid in known:
                 self.dedup_bytes += len(chunk)
@@ -109,42 +102,31 @@ class _Session:
             fresh.append((cid, chunk))
         if not fresh:
             return
+        small = sum(len(c) for _, c in fresh) <= ing.config.small_object_max
+        if final and small and self.open is None and not self.packs:
+            chunks, record = await ing.small.store(fresh)
+            self.chunks.extend(chunks)
+            self.packs.append(record)
+            return
         current = self.open or await self._open_pack()
-        sealed: list[SealedChunk] = await asyncio.gather(
-            *(ing.cpu(seal_chunk, current.sealer, cid, chunk, ing.config.zstd_level) for cid, chunk in fresh)
-        )
-        for s in sealed:
-            await current.writer.write(s.record)
-            self.chunks.append(NewChunk(s.chunk_id, current.pack.add(s)))
-        if current.pack.size >= ing.config.pack_target:
+        self.chunks.extend(await current.append(await current.seal(ing.cpu, fresh, ing.config.zstd_level)))
+        if current.size >= ing.config.pack_target:
             await self.close_pack()
 
-    async def _open_pack(self) -> _OpenPack:
-        ing = self.ingestor
-        pack_id = new_pack_id()
-        dek = new_dek()
-        wrapped = await ing.kek.wrap(dek)
-        name = pack_blob_name(pack_id)
-        writer = await ing.backend.open_writer(name)
-        pack = PackWriter(pack_id, wrapped)
-        await writer.write(pack.header())
-        self.open = _OpenPack(writer, pack, Sealer(dek), wrapped, name)
+    async def _open_pack(self) -> OpenPack:
+        self.open = await OpenPack.create(self.ingestor.backend, self.ingestor.kek)
         return self.open
 
     async def close_pack(self) -> None:
         current, self.open = self.open, None
-        if current is None:
-            return
-        trailer = current.pack.trailer()
-        await current.writer.write(trailer)
-        await current.writer.commit()
-        self.blob_names.append(current.name)
-        self.packs.append(PackRecord(current.pack.pack_id, current.wrapped, current.pack.size + len(trailer)))
+        if current is not None:
+            self.packs.append(await current.close())
+            self.blob_names.append(current.name)
 
     async def abort(self) -> None:
         current, self.open = self.open, None
         if current is not None:
-            await current.writer.abort()
+            await current.abort()
         for name in self.blob_names:
             await self.ingestor.backend.delete(name)
 
@@ -169,6 +151,7 @@ class Ingestor:
         # Batches being cut, sealed and written at once, across all uploads: bounds the
         # memory of many concurrent uploads (each also holds at most ~2 batches + a carry).
         self._slots = asyncio.Semaphore(max(1, config.ingest_slots))
+        self.small = SmallObjectPacker(backend, kek, self.cpu, config.zstd_level)
 
     async def cpu(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -179,8 +162,13 @@ class Ingestor:
         dedup_key: bytes,
         digests: Sequence[Digest] = (),
         max_size: int = 5 * 1024**3,
+        verify: Callable[[], object] | None = None,
     ) -> IngestResult:
-        """Store ``source``; digests see every byte in order. Raises and cleans up on failure."""
+        """Store ``source``; digests see every byte in order. Raises and cleans up on failure.
+
+        ``verify`` runs once every byte has been digested and before the last chunks are
+        stored, so a body that fails its checksums leaves nothing behind, even in shared packs.
+        """
         session = _Session(self, dedup_key)
         chunker = StreamChunker(self.params)
         queue: asyncio.Queue[bytearray | BaseException | None] = asyncio.Queue(maxsize=1)
@@ -210,8 +198,10 @@ class Ingestor:
                     await session.add(await self.cpu(partial(chunker.feed, batch, owned=True)))
             if hashing is not None:
                 await hashing
+            if verify is not None:
+                verify()
             async with self._slots:
-                await session.add(await self.cpu(chunker.finish))
+                await session.add(await self.cpu(chunker.finish), final=True)
             await session.close_pack()
         except BaseException:
             reader.cancel()

@@ -1,8 +1,9 @@
 """The download pipeline: manifest range -> chunk locations -> pack record reads ->
 AES-GCM open + zstd decompress in the CPU pool -> ordered stream of plaintext slices.
 
-A bounded window of chunks (``read_ahead``) is fetched and decoded ahead of the consumer, so
-the network, the backend and the CPU overlap while memory stays bounded. Unwrapped pack DEKs
+Adjacent records of one pack are fetched with one ranged read (a "run", at most
+``run_bytes``), and a bounded number of runs (``read_ahead``) is fetched and decoded ahead of
+the consumer, so the network, the backend and the CPU overlap while memory stays bounded. Unwrapped pack DEKs
 are kept in a small in-process LRU (never in a shared cache), and concurrent requests for the
 same pack's DEK share one unwrap.
 """
@@ -38,12 +39,14 @@ class ChunkReader:
         pool: Executor,
         read_ahead: int = 4,
         sealer_cache: int = 512,
+        run_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.backend = backend
         self.meta = meta
         self.kek = kek
         self.pool = pool
         self.read_ahead = max(1, read_ahead)
+        self.run_bytes = run_bytes
         self._sealers: collections.OrderedDict[str, asyncio.Future[Sealer]] = collections.OrderedDict()
         self._sealer_cache = sealer_cache
 
@@ -69,12 +72,18 @@ class ChunkReader:
             raise DataLossError(f"pack {pack_id} is not in the metadata store")
         return Sealer(await self.kek.unwrap(record.wrapped_dek))
 
-    async def _chunk(self, cid: bytes, loc: ChunkLocation) -> bytes:
-        sealer, record = await asyncio.gather(
-            self._sealer(loc.pack_id),
-            self.backend.read_range(pack_blob_name(loc.pack_id), loc.offset, loc.length),
+    async def _run(self, ids: list[bytes], locs: list[ChunkLocation]) -> list[bytes]:
+        """Fetch adjacent records of one pack with one ranged read, then open them all."""
+        first, last = locs[0], locs[-1]
+        sealer, blob = await asyncio.gather(
+            self._sealer(first.pack_id),
+            self.backend.read_range(
+                pack_blob_name(first.pack_id), first.offset, last.offset + last.length - first.offset
+            ),
         )
-        return await asyncio.get_running_loop().run_in_executor(self.pool, open_record, sealer, record, cid)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, _open_run, sealer, memoryview(blob), first.offset, ids, locs
+        )
 
     async def _locations(self, ids: tuple[bytes, ...]) -> dict[bytes, ChunkLocation]:
         unique = list(dict.fromkeys(ids))
@@ -84,32 +93,70 @@ class ChunkReader:
             raise DataLossError(f"chunks missing from the index: {', '.join(missing[:4])}")
         return found
 
+    async def _runs(
+        self, manifest: Manifest, first: int, last: int
+    ) -> AsyncIterator[tuple[list[bytes], list[ChunkLocation]]]:
+        """Chunk indexes [first, last) grouped into runs of adjacent records in one pack."""
+        ids: list[bytes] = []
+        run: list[ChunkLocation] = []
+        size = 0
+        for start in range(first, last, LOOKUP_WINDOW):
+            window = manifest.chunk_ids[start : min(start + LOOKUP_WINDOW, last)]
+            locs = await self._locations(window)
+            for cid in window:
+                loc = locs[cid]
+                if run and (
+                    loc.pack_id != run[-1].pack_id
+                    or loc.offset != run[-1].offset + run[-1].length
+                    or size + loc.length > self.run_bytes
+                ):
+                    yield ids, run
+                    ids, run, size = [], [], 0
+                ids.append(cid)
+                run.append(loc)
+                size += loc.length
+        if run:
+            yield ids, run
+
     async def stream(self, manifest: Manifest, start: int, end: int) -> AsyncIterator[memoryview]:
         """Yield the object's bytes [start, end) in order."""
         if start >= end:
             return
         first, last, offset = manifest.span(start, end)
-        pending: collections.deque[asyncio.Future[bytes]] = collections.deque()
-        next_index = first
-        locs: dict[bytes, ChunkLocation] = {}
+        pending: collections.deque[asyncio.Future[list[bytes]]] = collections.deque()
+        runs = self._runs(manifest, first, last)
+        exhausted = False
+        index = first
         try:
-            for index in range(first, last):
-                while next_index < last and len(pending) < self.read_ahead:
-                    cid = manifest.chunk_ids[next_index]
-                    if cid not in locs:
-                        locs = await self._locations(
-                            manifest.chunk_ids[next_index : next_index + LOOKUP_WINDOW]
-                        )
-                    pending.append(asyncio.ensure_future(self._chunk(cid, locs[cid])))
-                    next_index += 1
-                plain = memoryview(await pending.popleft())
-                length = manifest.lengths[index]
-                lo = max(start - offset, 0)
-                hi = min(end - offset, length)
-                yield plain[lo:hi]
-                offset += length
+            while True:
+                while not exhausted and len(pending) < self.read_ahead:
+                    try:
+                        ids, locs = await anext(runs)
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                    pending.append(asyncio.ensure_future(self._run(ids, locs)))
+                if not pending:
+                    return
+                for plain in await pending.popleft():
+                    length = manifest.lengths[index]
+                    lo = max(start - offset, 0)
+                    hi = min(end - offset, length)
+                    yield memoryview(plain)[lo:hi]
+                    offset += length
+                    index += 1
         finally:
             for fut in pending:
                 fut.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
+            await runs.aclose()
+
+
+def _open_run(
+    sealer: Sealer, blob: memoryview, base: int, ids: list[bytes], locs: list[ChunkLocation]
+) -> list[bytes]:
+    return [
+        open_record(sealer, blob[loc.offset - base : loc.offset - base + loc.length], cid)
+        for cid, loc in zip(ids, locs, strict=True)
+    ]

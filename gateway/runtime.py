@@ -50,7 +50,9 @@ class Runtime:
             pool=pool,
             identities=Identities(meta, kek),
             ingestor=Ingestor(backend, meta, kek, pool, config.storage),
-            reader=ChunkReader(backend, meta, kek, pool, config.storage.read_ahead),
+            reader=ChunkReader(
+                backend, meta, kek, pool, config.storage.read_ahead, run_bytes=config.storage.read_run
+            ),
         )
 
     async def close(self) -> None:

@@ -1,8 +1,9 @@
 """SQLite implementation of the metadata store, for the embedded default.
 
 One writer thread owns the write connection, so each write transaction runs start to finish
-in one synchronous call (no interleaving between coroutines); a second connection in its own
-thread serves reads concurrently (WAL mode). ``synchronous=FULL`` makes a commit durable
+in one synchronous call (no interleaving between coroutines); writes that arrive while a
+commit is in flight are group-committed together, each in its own savepoint. A second
+connection in its own thread serves reads concurrently (WAL mode). ``synchronous=FULL`` makes a commit durable
 before the client is answered.
 """
 
@@ -136,6 +137,8 @@ class SqliteMetadataStore:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meta-read")
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Future[None] | None = None
 
     # -- plumbing -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -162,21 +165,52 @@ class SqliteMetadataStore:
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` inside one IMMEDIATE transaction on the writer thread."""
+        """Run ``fn`` atomically on the writer thread, group-committed with concurrent writes.
 
-        def tx() -> T:
-            assert self._wconn is not None
-            conn = self._wconn
-            conn.execute("BEGIN IMMEDIATE")
+        Writes queued while a commit is in flight run together in the next transaction, each
+        inside its own savepoint: one write's failure rolls back only that write, and one
+        fsync covers the whole group.
+        """
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
             try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+                outcomes = await self._run_write_raw(lambda b=batch: self._commit_group([fn for fn, _ in b]))
+            except BaseException as exc:  # the COMMIT itself failed: nothing in the group happened
+                outcomes = [(False, exc)] * len(batch)
+            for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
 
-        return await self._run_write_raw(tx)
+    def _commit_group(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        assert self._wconn is not None
+        conn = self._wconn
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for fn in fns:
+                conn.execute("SAVEPOINT w")
+                try:
+                    outcomes.append((True, fn(conn)))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO w")
+                    outcomes.append((False, exc))
+                conn.execute("RELEASE w")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return outcomes
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:

@@ -153,3 +153,21 @@ async def test_paging_matches_model(
         assert seen == _model(keys, prefix, delimiter)
     finally:
         await s.close()
+
+
+async def test_group_commit_isolates_a_failing_write(store: SqliteMetadataStore) -> None:
+    """Concurrent writes share commits, but one failing write rolls back only itself."""
+    import asyncio
+
+    good = [store.put_object(_version(f"k{i}"), EMPTY) for i in range(20)]
+    cid = b"\3" * 32
+    bad_staged = StagedData([PackRecord("pbad", WK, 1)], [NewChunk(cid, ChunkLocation("pbad", 0, 1, 1, 0))])
+    bad = store.put_object(
+        ObjectVersion("missing", "k", "null", 1, "e" * 32, 1.0, Manifest((cid,), (1,))), bad_staged
+    )
+    results = await asyncio.gather(*good, bad, return_exceptions=True)
+    assert all(r is None for r in results[:-1])
+    assert isinstance(results[-1], S3Error) and results[-1].code == "NoSuchBucket"
+    assert len(await store.list_objects("bkt", "", "", False, 100)) == 20
+    assert await store.lookup_chunks([cid]) == {}
+    assert await store.get_pack("pbad") is None

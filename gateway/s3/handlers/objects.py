@@ -38,12 +38,12 @@ async def store_body(req: S3Request, max_size: int) -> StoredBody:
     if payload.expected_length is not None and payload.expected_length > max_size:
         raise S3Error("EntityTooLarge", MaxSizeAllowed=str(max_size))
     key = await rt.identities.dedup_key(req.principal.user)
-    result = await rt.ingestor.ingest(payload.pieces(), key, payload.digests, max_size)
-    try:
-        checksum = payload.verify()
-    except BaseException:
-        await rt.ingestor.discard(result)
-        raise
+    checksum: dict[str, str] = {}
+
+    def verify() -> None:
+        checksum.update(payload.verify())
+
+    result = await rt.ingestor.ingest(payload.pieces(), key, payload.digests, max_size, verify)
     return StoredBody(payload, result, checksum)
 
 

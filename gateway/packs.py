@@ -1,0 +1,119 @@
+"""Writing packs to the blob backend: one open pack, and the shared small-object packer.
+
+:class:`OpenPack` streams sealed records into one pack (fresh DEK, wrapped by the KEK) and
+publishes it durably on close. :class:`SmallObjectPacker` group-commits small objects:
+objects that arrive while a pack is being written wait and go into the next pack together,
+so concurrent small PUTs share one pack file and one fsync instead of paying for their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from crypto import KEKProvider, Sealer, WrappedKey, new_dek
+from dedup import PackWriter, SealedChunk, new_pack_id, seal_chunk
+from gateway.backends.base import BlobBackend, BlobWriter, pack_blob_name
+from gateway.meta.models import NewChunk, PackRecord
+
+Fresh = list[tuple[bytes, memoryview]]  # (chunk id, plaintext) not yet stored anywhere
+CpuRunner = Callable[..., Awaitable[object]]
+
+
+@dataclass
+class OpenPack:
+    """One pack being written: records are appended in order, then the trailer on close."""
+
+    writer: BlobWriter
+    pack: PackWriter
+    sealer: Sealer
+    wrapped: WrappedKey
+    name: str
+
+    @classmethod
+    async def create(cls, backend: BlobBackend, kek: KEKProvider) -> OpenPack:
+        pack_id = new_pack_id()
+        dek = new_dek()
+        wrapped = await kek.wrap(dek)
+        name = pack_blob_name(pack_id)
+        writer = await backend.open_writer(name)
+        pack = PackWriter(pack_id, wrapped)
+        await writer.write(pack.header())
+        return cls(writer, pack, Sealer(dek), wrapped, name)
+
+    async def seal(self, cpu: CpuRunner, fresh: Fresh, level: int) -> list[SealedChunk]:
+        """Compress and encrypt chunks under this pack's DEK, in parallel in the CPU pool."""
+        sealed = await asyncio.gather(
+            *(cpu(seal_chunk, self.sealer, cid, data, level) for cid, data in fresh)
+        )
+        return list(sealed)  # type: ignore[arg-type]
+
+    async def append(self, sealed: list[SealedChunk]) -> list[NewChunk]:
+        out = []
+        for s in sealed:
+            await self.writer.write(s.record)
+            out.append(NewChunk(s.chunk_id, self.pack.add(s)))
+        return out
+
+    @property
+    def size(self) -> int:
+        return self.pack.size
+
+    async def close(self) -> PackRecord:
+        """Write the trailer and publish the pack durably."""
+        trailer = self.pack.trailer()
+        await self.writer.write(trailer)
+        await self.writer.commit()
+        return PackRecord(self.pack.pack_id, self.wrapped, self.pack.size + len(trailer))
+
+    async def abort(self) -> None:
+        await self.writer.abort()
+
+
+class SmallObjectPacker:
+    """Group-commits the chunks of small objects from concurrent requests into shared packs.
+
+    A shared pack is never deleted by one request's failure (others may reference it); records
+    nobody commits are reclaimed by garbage collection like any unreferenced chunk.
+    """
+
+    def __init__(self, backend: BlobBackend, kek: KEKProvider, cpu: CpuRunner, level: int) -> None:
+        self._backend = backend
+        self._kek = kek
+        self._cpu = cpu
+        self._level = level
+        self._pending: list[tuple[Fresh, asyncio.Future[tuple[list[NewChunk], PackRecord]]]] = []
+        self._flusher: asyncio.Future[None] | None = None
+
+    async def store(self, fresh: Fresh) -> tuple[list[NewChunk], PackRecord]:
+        """Store ``fresh`` durably in a shared pack; returns its locations and the pack."""
+        fut: asyncio.Future[tuple[list[NewChunk], PackRecord]] = asyncio.get_running_loop().create_future()
+        self._pending.append((fresh, fut))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        while self._pending:
+            group, self._pending = self._pending, []
+            pack: OpenPack | None = None
+            try:
+                pack = await OpenPack.create(self._backend, self._kek)
+                sealed = await asyncio.gather(
+                    *(pack.seal(self._cpu, fresh, self._level) for fresh, _ in group)
+                )
+                placed = [await pack.append(s) for s in sealed]
+                record = await pack.close()
+            except BaseException as exc:
+                if pack is not None:
+                    await pack.abort()
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, fut), chunks in zip(group, placed, strict=True):
+                if not fut.done():
+                    fut.set_result((chunks, record))
