@@ -1,7 +1,8 @@
 """The running gateway's parts, built from the config and closed together.
 
-The embedded default wires SQLite metadata, a local-directory blob backend and a local
-keyring under ``storage.data_dir``. Production implementations plug into the same slots.
+The embedded default wires SQLite metadata (behind an in-process LRU for version lookups), a
+local-directory blob backend, a local keyring under ``storage.data_dir``, and an outbox-only
+event sink. Production implementations plug into the same slots.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 from crypto import KEKProvider, LocalKeyring
 from gateway.backends.base import BlobBackend
 from gateway.backends.local import LocalBlobBackend
+from gateway.cache import CachedMetadataStore, LocalCache
 from gateway.config import Config
+from gateway.events import EventSink, OutboxOnlySink
 from gateway.identity import Identities
 from gateway.ingest import Ingestor
 from gateway.meta.sqlite import SqliteMetadataStore
@@ -31,14 +34,16 @@ class Runtime:
     identities: Identities
     ingestor: Ingestor
     reader: ChunkReader
+    events: EventSink
 
     @classmethod
     async def open(cls, config: Config) -> Runtime:
         data_dir = config.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         kek = LocalKeyring.open_or_create(data_dir / "keyring.json")
-        meta = SqliteMetadataStore(data_dir / "meta.sqlite")
-        await meta.open()
+        store = SqliteMetadataStore(data_dir / "meta.sqlite")
+        await store.open()
+        meta = CachedMetadataStore(store, LocalCache())
         backend = LocalBlobBackend(data_dir / "blobs")
         workers = config.storage.workers or (os.cpu_count() or 2)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cpu")
@@ -50,6 +55,7 @@ class Runtime:
             pool=pool,
             identities=Identities(meta, kek),
             ingestor=Ingestor(backend, meta, kek, pool, config.storage),
+            events=OutboxOnlySink(),
             reader=ChunkReader(
                 backend, meta, kek, pool, config.storage.read_ahead, run_bytes=config.storage.read_run
             ),

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from crypto.kek import WrappedKey
 from dedup.manifest import Manifest
 from dedup.pack import ChunkLocation
+from gateway.events import OutboxEvent
 from gateway.meta.keyorder import prefix_successor
 from gateway.meta.models import (
     AccessKey,
@@ -514,3 +515,12 @@ class SqliteMetadataStore:
             ).fetchone()
         )
         return None if row is None else PackRecord(row[0], WrappedKey(row[1], row[2], row[3]), row[4])
+
+    # -- event outbox -------------------------------------------------------------------
+    async def read_outbox(self, after: int, limit: int) -> list[OutboxEvent]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT seq, created, event FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+        )
+        return [OutboxEvent.from_row(*r) for r in rows]

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from crypto.kek import WrappedKey
 from dedup.pack import ChunkLocation
+from gateway.events import OutboxEvent
 from gateway.meta.models import (
     AccessKey,
     Bucket,
@@ -61,3 +62,6 @@ class MetadataStore(Protocol):
     # chunk index and packs
     async def lookup_chunks(self, chunk_ids: list[bytes]) -> dict[bytes, ChunkLocation]: ...
     async def get_pack(self, pack_id: str) -> PackRecord | None: ...
+
+    # event outbox
+    async def read_outbox(self, after: int, limit: int) -> list[OutboxEvent]: ...

@@ -234,6 +234,104 @@ def test_presigned_tampered(strata: StrataServer, s3: Any, bucket: str) -> None:
     )
 
 
+def test_presigned_wrong_method(strata: StrataServer, s3: Any, bucket: str) -> None:
+    url = presign_url(
+        "GET",
+        url_for(strata, bucket, "pm"),
+        access_key=strata.access_key,
+        secret_key=strata.secret_key,
+        expires=300,
+    )
+    path = url.split(f":{strata.port}", 1)[1]
+    headers = {"Host": f"127.0.0.1:{strata.port}", "Content-Length": "4"}
+    resp = rawhttp.request("127.0.0.1", strata.port, "PUT", path, headers, b"evil")
+    assert_s3_error(resp, 403, "SignatureDoesNotMatch")
+    assert_not_stored(s3, bucket, "pm")
+
+
+def test_presigned_expires_too_long(strata: StrataServer, s3: Any, bucket: str) -> None:
+    """X-Amz-Expires above 7 days (604800 s) is rejected."""
+    s3.put_object(Bucket=bucket, Key="long", Body=b"v")
+    url = presign_url(
+        "GET",
+        url_for(strata, bucket, "long"),
+        access_key=strata.access_key,
+        secret_key=strata.secret_key,
+        expires=604801,
+    )
+    path = url.split(f":{strata.port}", 1)[1]
+    resp = rawhttp.request("127.0.0.1", strata.port, "GET", path, {"Host": f"127.0.0.1:{strata.port}"})
+    assert_s3_error(resp, 400, "AuthorizationQueryParametersError")
+
+
+def test_presigned_put_with_signed_content_type(strata: StrataServer, s3: Any, bucket: str) -> None:
+    url = s3.generate_presigned_url(
+        "put_object", Params={"Bucket": bucket, "Key": "pct", "ContentType": "text/csv"}, ExpiresIn=300
+    )
+    path = url.split(f":{strata.port}", 1)[1]
+    host = f"127.0.0.1:{strata.port}"
+    ok = rawhttp.request(
+        "127.0.0.1",
+        strata.port,
+        "PUT",
+        path,
+        {"Host": host, "Content-Type": "text/csv", "Content-Length": "3"},
+        b"a,b",
+    )
+    assert ok.status == 200, ok.describe()
+    assert s3.head_object(Bucket=bucket, Key="pct")["ContentType"] == "text/csv"
+    s3.delete_object(Bucket=bucket, Key="pct")
+    bad = rawhttp.request(
+        "127.0.0.1",
+        strata.port,
+        "PUT",
+        path,
+        {"Host": host, "Content-Type": "text/html", "Content-Length": "3"},
+        b"a,b",
+    )
+    assert_s3_error(bad, 403, "SignatureDoesNotMatch")
+    assert_not_stored(s3, bucket, "pct")
+
+
+@pytest.mark.parametrize("framing", ["content-length", "aws-chunked"])
+def test_entity_too_large_rejected_before_body(
+    strata: StrataServer, s3: Any, bucket: str, framing: str
+) -> None:
+    """A single PUT above 5 GiB is refused from its headers; the server must not wait for
+    (or store) 5 GiB first."""
+    size = 5 * 1024**3 + 1
+    if framing == "content-length":
+        headers = {"Content-Length": str(size)}
+        payload_hash = UNSIGNED_PAYLOAD
+        first = b"x" * 65536
+    else:
+        headers = {
+            "Content-Encoding": "aws-chunked",
+            "X-Amz-Decoded-Content-Length": str(size),
+            "X-Amz-Trailer": "x-amz-checksum-crc32",
+        }
+        payload_hash = STREAMING_UNSIGNED_TRAILER
+        first = b"10000\r\n" + b"x" * 65536 + b"\r\n"
+    req = sign_request(
+        "PUT",
+        url_for(strata, bucket, "huge"),
+        access_key=strata.access_key,
+        secret_key=strata.secret_key,
+        headers=headers,
+        payload_hash=payload_hash,
+    )
+    wire_headers = dict(req.headers)
+    if framing == "aws-chunked":
+        wire_headers["Transfer-Encoding"] = "chunked"
+        first = f"{len(first):x}\r\n".encode() + first + b"\r\n"  # one HTTP chunk
+    head = rawhttp.request_head("PUT", req.path_and_query, wire_headers)
+    answer = rawhttp.send_truncated("127.0.0.1", strata.port, head, first, mode="keep_open", timeout=10)
+    assert answer, "no answer within 10 s: the server waits for a 5 GiB body it must refuse"
+    resp = rawhttp.parse_raw_response(answer)
+    assert_s3_error(resp, 400, "EntityTooLarge")
+    assert_not_stored(s3, bucket, "huge")
+
+
 # ---------------------------------------------------------------------------------------
 # aws-chunked signatures
 # ---------------------------------------------------------------------------------------

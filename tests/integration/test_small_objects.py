@@ -20,6 +20,7 @@ def test_concurrent_small_puts_share_packs(strata_factory: Callable[..., StrataS
     s3 = make_client(server, max_pool_connections=32)
     s3.create_bucket(Bucket="small")
     bodies = {f"obj-{i:03d}": os.urandom(4096 + i) for i in range(96)}
+
     def put(key: str) -> str:
         return s3.put_object(Bucket="small", Key=key, Body=bodies[key])["ETag"]
 

@@ -145,8 +145,10 @@ def send_truncated(
     """Send a request head and part of its body, then stop.
 
     ``mode`` is ``half_close`` (shut the write side down and return whatever the server
-    answers until it closes or ``timeout`` passes), ``close`` (close at once: FIN) or
-    ``reset`` (close with SO_LINGER 0: RST). The last two return b"".
+    answers until it closes or ``timeout`` passes), ``keep_open`` (leave the connection
+    open and return the first complete response, or what arrived before the server closed
+    or ``timeout`` passed), ``close`` (close at once: FIN) or ``reset`` (close with
+    SO_LINGER 0: RST). The last two return b"".
     """
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
@@ -156,12 +158,13 @@ def send_truncated(
             return b""
         if mode == "close":
             return b""
-        if mode != "half_close":
+        if mode not in ("half_close", "keep_open"):
             raise ValueError(f"unknown mode {mode!r}")
-        sock.shutdown(socket.SHUT_WR)
+        if mode == "half_close":
+            sock.shutdown(socket.SHUT_WR)
         received = bytearray()
         try:
-            while True:
+            while not (mode == "keep_open" and _complete_response(bytes(received))):
                 data = sock.recv(65536)
                 if not data:
                     break
@@ -171,6 +174,43 @@ def send_truncated(
         return bytes(received)
     finally:
         sock.close()
+
+
+def _complete_response(data: bytes) -> bool:
+    """True once ``data`` holds a final (non-1xx) response head and its Content-Length body."""
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        head = data[:end].decode("latin-1")
+        status = head.split(" ", 2)[1] if " " in head else ""
+        if status.startswith("1"):
+            data = data[end + 4 :]
+            continue
+        length = 0
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        return len(data) - (end + 4) >= length
+
+
+def parse_raw_response(data: bytes) -> RawResponse:
+    """Parse the final response in raw bytes from :func:`send_truncated`."""
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            raise ValueError(f"no complete response head in {data[:200]!r}")
+        lines = data[:end].decode("latin-1").split("\r\n")
+        _version, status, *reason = lines[0].split(" ", 2)
+        if status.startswith("1"):
+            data = data[end + 4 :]
+            continue
+        msg = Message()
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            msg[name.strip()] = value.strip()
+        return RawResponse(int(status), reason[0] if reason else "", msg, data[end + 4 :])
 
 
 def request_head(method: str, path: str, headers: Mapping[str, str]) -> bytes:
