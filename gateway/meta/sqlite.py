@@ -416,16 +416,13 @@ class SqliteMetadataStore:
             )
         )
 
-    async def get_upload(self, bucket: str, upload_id: str) -> MultipartUpload | None:
-        row = await self._read(
-            lambda c: c.execute(
-                "SELECT upload_id, bucket, key, initiated, owner, content_type, headers, user_meta, "
-                "checksum_algorithm, checksum_type FROM uploads WHERE upload_id=? AND bucket=?",
-                (upload_id, bucket),
-            ).fetchone()
-        )
-        if row is None:
-            return None
+    _UPLOAD_COLS = (
+        "upload_id, bucket, key, initiated, owner, content_type, headers, user_meta, "
+        "checksum_algorithm, checksum_type"
+    )
+
+    @staticmethod
+    def _row_to_upload(row: tuple[Any, ...]) -> MultipartUpload:
         return MultipartUpload(
             row[0],
             row[1],
@@ -438,6 +435,43 @@ class SqliteMetadataStore:
             row[8],
             row[9],
         )
+
+    async def get_upload(self, bucket: str, upload_id: str) -> MultipartUpload | None:
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {self._UPLOAD_COLS} FROM uploads WHERE upload_id=? AND bucket=?", (upload_id, bucket)
+            ).fetchone()
+        )
+        return None if row is None else self._row_to_upload(row)
+
+    async def list_uploads(
+        self, bucket: str, prefix: str, key: str, inclusive: bool, upload_id_marker: str, limit: int
+    ) -> list[MultipartUpload]:
+        sql = f"SELECT {self._UPLOAD_COLS} FROM uploads WHERE bucket=? AND key >= ?"
+        params: list[Any] = [bucket, prefix]
+        upper = prefix_successor(prefix)
+        if upper is not None:
+            sql += " AND key < ?"
+            params.append(upper)
+        key_marker = key
+        if inclusive:
+            sql += " AND key >= ?"
+            params.append(key_marker)
+        elif key_marker:
+            if upload_id_marker:
+                # Resume after (key_marker, upload_id_marker) in (key, initiated, upload_id) order.
+                sql += (
+                    " AND (key > ? OR (key = ? AND (initiated, upload_id) >"
+                    " (SELECT initiated, upload_id FROM uploads WHERE upload_id = ?)))"
+                )
+                params += [key_marker, key_marker, upload_id_marker]
+            else:
+                sql += " AND key > ?"
+                params.append(key_marker)
+        sql += " ORDER BY key, initiated, upload_id LIMIT ?"
+        params.append(limit)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return [self._row_to_upload(r) for r in rows]
 
     async def put_part(self, upload_id: str, part: Part, staged: StagedData) -> None:
         def tx(c: sqlite3.Connection) -> None:

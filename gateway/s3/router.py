@@ -37,6 +37,7 @@ _BUCKET: dict[tuple[str, str | None], Handler] = {
     ("GET", "list-type=2"): listing.list_objects_v2,
     ("GET", "location"): buckets.get_bucket_location,
     ("POST", "delete"): objects.delete_objects,
+    ("GET", "uploads"): multipart.list_uploads,
 }
 _OBJECT: dict[tuple[str, str | None], Handler] = {
     ("PUT", None): objects.put_object,

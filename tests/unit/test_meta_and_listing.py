@@ -143,7 +143,7 @@ async def test_paging_matches_model(
         after = ""
         for _ in itertools.count():
             page = await list_page(s, "bkt", prefix, delimiter, after, max_keys)
-            entries = sorted([o.key for o in page.objects] + page.prefixes)
+            entries = sorted([o.key for o in page.items] + page.prefixes)
             assert len(entries) <= max_keys
             seen.extend(entries)
             if not page.truncated:

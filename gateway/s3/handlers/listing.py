@@ -9,70 +9,33 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from aiohttp import web
 
-from gateway.meta.keyorder import prefix_successor
 from gateway.meta.models import ListedObject
 from gateway.meta.store import MetadataStore
 from gateway.s3.errors import S3Error
 from gateway.s3.handlers.buckets import XML, owner_node
+from gateway.s3.paging import Cursor, Page, paginate
 from gateway.s3.request import S3Request
 from gateway.s3.xml import Node, document, iso8601
 
 MAX_KEYS = 1000
 
 
-@dataclass
-class Page:
-    objects: list[ListedObject]
-    prefixes: list[str]
-    truncated: bool
-    last: str | None  # the last key or common prefix returned: the resume point
-
-
-def _common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
-    if not delimiter:
-        return None
-    i = key.find(delimiter, len(prefix))
-    return None if i < 0 else key[: i + len(delimiter)]
-
-
 async def list_page(
     meta: MetadataStore, bucket: str, prefix: str, delimiter: str, after: str, max_keys: int
-) -> Page:
+) -> Page[ListedObject]:
     """One page of at most ``max_keys`` entries (keys and common prefixes) after ``after``."""
-    page = Page([], [], False, None)
-    cursor, inclusive = after, False
-    if after and (cp := _common_prefix(after, prefix, delimiter)) == after and after.startswith(prefix):
-        nxt = prefix_successor(cp)
-        if nxt is None:
-            return page
-        cursor, inclusive = nxt, True
-    batch = min(MAX_KEYS, max_keys) + 1
-    while True:
-        rows = await meta.list_objects(bucket, prefix, cursor, inclusive, batch)
-        reseek = False
-        for row in rows:
-            if len(page.objects) + len(page.prefixes) >= max_keys:
-                page.truncated = True
-                return page
-            cp = _common_prefix(row.key, prefix, delimiter)
-            if cp is not None:
-                page.prefixes.append(cp)
-                page.last = cp
-                nxt = prefix_successor(cp)
-                if nxt is None:
-                    return page
-                cursor, inclusive, reseek = nxt, True, True
-                break
-            page.objects.append(row)
-            page.last = row.key
-            cursor, inclusive = row.key, False
-        if not reseek and len(rows) < batch:
-            return page
+
+    def fetch(cursor: Cursor, limit: int) -> Awaitable[list[ListedObject]]:
+        return meta.list_objects(bucket, prefix, cursor.key, cursor.inclusive, limit)
+
+    return await paginate(
+        fetch, lambda o: o.key, prefix, delimiter, Cursor(after), max_keys, batch_max=MAX_KEYS
+    )
 
 
 def _max_keys(req: S3Request) -> int:
@@ -86,10 +49,10 @@ def _max_keys(req: S3Request) -> int:
     return min(value, MAX_KEYS)
 
 
-def _encoder(req: S3Request):
+def url_encoder(req: S3Request) -> Callable[[str], str]:
     kind = req.query.get("encoding-type")
     if kind is None:
-        return lambda s: s
+        return str
     if kind != "url":
         raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request")
     return lambda s: quote(s, safe="/")
@@ -97,7 +60,7 @@ def _encoder(req: S3Request):
 
 def _contents(page: Page, enc, with_owner: str | None) -> list[Node]:
     nodes: list[Node] = []
-    for o in page.objects:
+    for o in page.items:
         children: list[Node] = [
             ("Key", enc(o.key)),
             ("LastModified", iso8601(o.last_modified)),
@@ -117,7 +80,7 @@ async def list_objects_v2(req: S3Request) -> web.StreamResponse:
     q = req.query
     prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
     max_keys = _max_keys(req)
-    enc = _encoder(req)
+    enc = url_encoder(req)
     token = q.get("continuation-token")
     start_after = q.get("start-after", "")
     after = start_after
@@ -132,7 +95,7 @@ async def list_objects_v2(req: S3Request) -> web.StreamResponse:
         ("Prefix", enc(prefix)),
         ("Delimiter", enc(delimiter)) if delimiter else None,
         ("MaxKeys", max_keys),
-        ("KeyCount", len(page.objects) + len(page.prefixes)),
+        ("KeyCount", len(page.items) + len(page.prefixes)),
         ("IsTruncated", page.truncated),
         ("ContinuationToken", token) if token is not None else None,
         ("StartAfter", enc(start_after)) if start_after else None,
@@ -150,7 +113,7 @@ async def list_objects_v1(req: S3Request) -> web.StreamResponse:
     q = req.query
     prefix, delimiter, marker = q.get("prefix", ""), q.get("delimiter", ""), q.get("marker", "")
     max_keys = _max_keys(req)
-    enc = _encoder(req)
+    enc = url_encoder(req)
     page = await list_page(req.rt.meta, bucket.name, prefix, delimiter, marker, max_keys)
     children: list[Node] = [
         ("Name", bucket.name),

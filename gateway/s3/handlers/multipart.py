@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable
 
 from aiohttp import web
 
@@ -21,7 +22,9 @@ from gateway.s3.checksums import (
 )
 from gateway.s3.errors import S3Error
 from gateway.s3.handlers.buckets import XML, owner_node
+from gateway.s3.handlers.listing import url_encoder
 from gateway.s3.handlers.objects import NULL_VERSION, checksum_headers, new_upload_id, store_body
+from gateway.s3.paging import Cursor, paginate
 from gateway.s3.request import S3Request, now
 from gateway.s3.xml import Node, child_text, document, iso8601, parse
 
@@ -268,3 +271,56 @@ async def list_parts(req: S3Request) -> web.StreamResponse:
             part_children.append((_TAG[p.checksum["algorithm"]], p.checksum["value"]))
         children.append(("Part", part_children))
     return web.Response(body=document("ListPartsResult", children), content_type=XML)
+
+
+async def list_uploads(req: S3Request) -> web.StreamResponse:
+    """ListMultipartUploads: prefix, delimiter, key-marker / upload-id-marker, max-uploads."""
+    bucket = await req.owned_bucket()
+    q = req.query
+    prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+    key_marker, id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
+    try:
+        max_uploads = min(int(q.get("max-uploads", "1000")), 1000)
+    except ValueError as exc:
+        raise S3Error("InvalidArgument", "max-uploads must be an integer") from exc
+    if max_uploads < 0:
+        raise S3Error("InvalidArgument", "max-uploads must be non-negative")
+    enc = url_encoder(req)
+
+    def fetch(cursor: Cursor, limit: int) -> Awaitable[list[MultipartUpload]]:
+        return req.rt.meta.list_uploads(
+            bucket.name, prefix, cursor.key, cursor.inclusive, cursor.tiebreak, limit
+        )
+
+    start = Cursor(key_marker, tiebreak=id_marker if key_marker else "")
+    page = await paginate(
+        fetch, lambda u: u.key, prefix, delimiter, start, max_uploads, lambda u: u.upload_id
+    )
+    children: list[Node] = [
+        ("Bucket", bucket.name),
+        ("KeyMarker", enc(key_marker)),
+        ("UploadIdMarker", id_marker),
+        ("Prefix", enc(prefix)),
+        ("Delimiter", enc(delimiter)) if delimiter else None,
+        ("MaxUploads", max_uploads),
+        ("IsTruncated", page.truncated),
+    ]
+    if page.truncated and page.last is not None:
+        last_id = page.last_item.upload_id if page.last_item and page.last_item.key == page.last else ""
+        children += [("NextKeyMarker", enc(page.last)), ("NextUploadIdMarker", last_id)]
+    for u in page.items:
+        children.append(
+            (
+                "Upload",
+                [
+                    ("Key", enc(u.key)),
+                    ("UploadId", u.upload_id),
+                    ("Initiator", [("ID", u.owner), ("DisplayName", u.owner)]),
+                    owner_node(u.owner),
+                    ("StorageClass", "STANDARD"),
+                    ("Initiated", iso8601(u.initiated)),
+                ],
+            )
+        )
+    children.extend(("CommonPrefixes", [("Prefix", enc(p))]) for p in page.prefixes)
+    return web.Response(body=document("ListMultipartUploadsResult", children), content_type=XML)
