@@ -97,9 +97,11 @@ class CachedMetadataStore:
         self._writes += 1
         await self._cache.delete(self._key(bucket, key))
 
-    async def put_object(self, version: ObjectVersion, staged: StagedData) -> None:
+    async def put_object(
+        self, version: ObjectVersion, staged: StagedData, event: str = "ObjectCreated:Put"
+    ) -> None:
         try:
-            await self._inner.put_object(version, staged)
+            await self._inner.put_object(version, staged, event)
         finally:
             await self._invalidate(version.bucket, version.key)
 

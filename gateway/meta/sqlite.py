@@ -346,12 +346,14 @@ class SqliteMetadataStore:
             (time.time(), _event(event, v.bucket, v.key, size=v.size, eTag=v.etag, versionId=v.version_id)),
         )
 
-    async def put_object(self, version: ObjectVersion, staged: StagedData) -> None:
+    async def put_object(
+        self, version: ObjectVersion, staged: StagedData, event: str = "ObjectCreated:Put"
+    ) -> None:
         def tx(c: sqlite3.Connection) -> None:
             if not c.execute("SELECT 1 FROM buckets WHERE name=?", (version.bucket,)).fetchone():
                 raise S3Error("NoSuchBucket", BucketName=version.bucket)
             self._index(c, staged)
-            self._put_version(c, version, "ObjectCreated:Put")
+            self._put_version(c, version, event)
 
         await self._write(tx)
 

@@ -56,6 +56,7 @@ _ERRORS: dict[str, tuple[int, str]] = {
     "MissingSecurityHeader": (400, "Your request is missing a required header."),
     "NoSuchBucket": (404, "The specified bucket does not exist."),
     "NoSuchKey": (404, "The specified key does not exist."),
+    "NoSuchVersion": (404, "The specified version does not exist."),
     "NoSuchUpload": (404, "The specified multipart upload does not exist."),
     "NotImplemented": (
         501,

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from gateway.s3.errors import S3Error
-from gateway.s3.handlers import buckets, listing, multipart, objects
+from gateway.s3.handlers import buckets, copy, listing, multipart, objects
 from gateway.s3.request import S3Request
 
 Handler = Callable[[S3Request], Awaitable[web.StreamResponse]]
@@ -54,6 +54,12 @@ _OBJECT: dict[tuple[str, str | None], Handler] = {
 }
 
 
+_COPY: dict[tuple[str, str | None], Handler] = {
+    ("PUT", None): copy.copy_object,
+    ("PUT", "uploadId"): copy.upload_part_copy,
+}
+
+
 def _subresource(query: Mapping[str, str]) -> str | None:
     if query.get("list-type") == "2":
         return "list-type=2"
@@ -74,7 +80,7 @@ def route(
     else:
         table = _OBJECT
         if method == "PUT" and "x-amz-copy-source" in headers:
-            raise S3Error("NotImplemented", "CopyObject is not implemented yet.")
+            table = _COPY
     handler = table.get((method, sub))
     if handler is None:
         if any(method == m for m, _ in table):
