@@ -15,7 +15,7 @@ import time
 from typing import Any, Protocol
 
 from dedup.manifest import Manifest
-from gateway.meta.models import ObjectVersion, StagedData
+from gateway.meta.models import ObjectVersion, StagedData, WriteCondition
 from gateway.meta.store import MetadataStore
 
 
@@ -98,10 +98,14 @@ class CachedMetadataStore:
         await self._cache.delete(self._key(bucket, key))
 
     async def put_object(
-        self, version: ObjectVersion, staged: StagedData, event: str = "ObjectCreated:Put"
+        self,
+        version: ObjectVersion,
+        staged: StagedData,
+        event: str = "ObjectCreated:Put",
+        condition: WriteCondition | None = None,
     ) -> None:
         try:
-            await self._inner.put_object(version, staged, event)
+            await self._inner.put_object(version, staged, event, condition)
         finally:
             await self._invalidate(version.bucket, version.key)
 
@@ -111,8 +115,10 @@ class CachedMetadataStore:
         finally:
             await self._invalidate(bucket, key)
 
-    async def complete_upload(self, upload_id: str, version: ObjectVersion) -> bool:
+    async def complete_upload(
+        self, upload_id: str, version: ObjectVersion, condition: WriteCondition | None = None
+    ) -> bool:
         try:
-            return await self._inner.complete_upload(upload_id, version)
+            return await self._inner.complete_upload(upload_id, version, condition)
         finally:
             await self._invalidate(version.bucket, version.key)

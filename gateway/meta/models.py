@@ -104,3 +104,23 @@ class Part:
     last_modified: float
     manifest: Manifest
     checksum: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WriteCondition:
+    """Conditional write (PutObject / CompleteMultipartUpload): checked inside the commit
+    transaction, so of two racing writers exactly one wins."""
+
+    if_match: str | None = None  # the current ETag must be this
+    if_none_match: bool = False  # ``If-None-Match: *``: the key must not exist
+
+    def check(self, current_etag: str | None) -> None:
+        from gateway.s3.errors import S3Error
+
+        if self.if_none_match and current_etag is not None:
+            raise S3Error("PreconditionFailed", Condition="If-None-Match")
+        if self.if_match is not None:
+            if current_etag is None:
+                raise S3Error("NoSuchKey")
+            if self.if_match != "*" and self.if_match.strip('"') != current_etag:
+                raise S3Error("PreconditionFailed", Condition="If-Match")

@@ -33,6 +33,7 @@ from gateway.meta.models import (
     Part,
     StagedData,
     User,
+    WriteCondition,
 )
 from gateway.s3.errors import S3Error
 
@@ -336,7 +337,12 @@ class SqliteMetadataStore:
         )
 
     @staticmethod
-    def _put_version(c: sqlite3.Connection, v: ObjectVersion, event: str) -> None:
+    def _put_version(
+        c: sqlite3.Connection, v: ObjectVersion, event: str, condition: WriteCondition | None = None
+    ) -> None:
+        if condition is not None:
+            row = c.execute("SELECT etag FROM objects WHERE bucket=? AND key=?", (v.bucket, v.key)).fetchone()
+            condition.check(None if row is None else row[0])
         c.execute(
             f"INSERT OR REPLACE INTO objects ({_OBJECT_COLS}) VALUES ({','.join('?' * 13)})",
             _version_params(v),
@@ -347,13 +353,17 @@ class SqliteMetadataStore:
         )
 
     async def put_object(
-        self, version: ObjectVersion, staged: StagedData, event: str = "ObjectCreated:Put"
+        self,
+        version: ObjectVersion,
+        staged: StagedData,
+        event: str = "ObjectCreated:Put",
+        condition: WriteCondition | None = None,
     ) -> None:
         def tx(c: sqlite3.Connection) -> None:
             if not c.execute("SELECT 1 FROM buckets WHERE name=?", (version.bucket,)).fetchone():
                 raise S3Error("NoSuchBucket", BucketName=version.bucket)
             self._index(c, staged)
-            self._put_version(c, version, event)
+            self._put_version(c, version, event, condition)
 
         await self._write(tx)
 
@@ -505,13 +515,15 @@ class SqliteMetadataStore:
         )
         return [Part(r[0], r[1], r[2], r[3], Manifest.decode(r[4]), json.loads(r[5])) for r in rows]
 
-    async def complete_upload(self, upload_id: str, version: ObjectVersion) -> bool:
+    async def complete_upload(
+        self, upload_id: str, version: ObjectVersion, condition: WriteCondition | None = None
+    ) -> bool:
         def tx(c: sqlite3.Connection) -> bool:
             cur = c.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
             if cur.rowcount == 0:
                 return False
             c.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
-            self._put_version(c, version, "ObjectCreated:CompleteMultipartUpload")
+            self._put_version(c, version, "ObjectCreated:CompleteMultipartUpload", condition)
             return True
 
         return await self._write(tx)

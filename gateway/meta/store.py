@@ -23,6 +23,7 @@ from gateway.meta.models import (
     Part,
     StagedData,
     User,
+    WriteCondition,
 )
 
 
@@ -45,7 +46,11 @@ class MetadataStore(Protocol):
 
     # objects
     async def put_object(
-        self, version: ObjectVersion, staged: StagedData, event: str = "ObjectCreated:Put"
+        self,
+        version: ObjectVersion,
+        staged: StagedData,
+        event: str = "ObjectCreated:Put",
+        condition: WriteCondition | None = None,
     ) -> None: ...
     async def get_object(self, bucket: str, key: str) -> ObjectVersion | None: ...
     async def delete_object(self, bucket: str, key: str) -> bool: ...
@@ -61,7 +66,9 @@ class MetadataStore(Protocol):
     ) -> list[MultipartUpload]: ...  # ordered by (key, initiated, upload_id), from the markers
     async def put_part(self, upload_id: str, part: Part, staged: StagedData) -> None: ...
     async def list_parts(self, upload_id: str, after: int, limit: int) -> list[Part]: ...
-    async def complete_upload(self, upload_id: str, version: ObjectVersion) -> bool: ...
+    async def complete_upload(
+        self, upload_id: str, version: ObjectVersion, condition: WriteCondition | None = None
+    ) -> bool: ...
     async def abort_upload(self, upload_id: str) -> bool: ...
 
     # chunk index and packs

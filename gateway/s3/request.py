@@ -13,7 +13,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDictProxy
 
 from gateway.identity import Principal
-from gateway.meta.models import Bucket
+from gateway.meta.models import Bucket, WriteCondition
 from gateway.runtime import Runtime
 from gateway.s3.body import PayloadReader
 from gateway.s3.errors import S3Error
@@ -69,6 +69,22 @@ class S3Request:
         payload.digests_update(body)
         payload.verify()
         return bytes(body)
+
+    async def write_condition(self) -> WriteCondition | None:
+        """If-Match / If-None-Match of a write, pre-checked now and re-checked at commit."""
+        if_match = self.headers.get("if-match")
+        if_none_match = self.headers.get("if-none-match")
+        if if_match is None and if_none_match is None:
+            return None
+        if if_none_match is not None and if_none_match.strip() != "*":
+            raise S3Error(
+                "NotImplemented", "If-None-Match on writes supports only '*'.", Header="If-None-Match"
+            )
+        condition = WriteCondition(if_match=if_match, if_none_match=if_none_match is not None)
+        assert self.bucket is not None and self.key is not None
+        current = await self.rt.meta.get_object(self.bucket, self.key)
+        condition.check(None if current is None else current.etag)
+        return condition
 
     def object_headers(self) -> tuple[str, dict[str, str], dict[str, str]]:
         """(content type, standard headers, user metadata) as the client sent them."""

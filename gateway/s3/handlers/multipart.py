@@ -170,6 +170,7 @@ def _final_checksum(upload: MultipartUpload, chosen: list[Part]) -> dict[str, st
 async def complete_upload(req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     upload = await _upload(req)
+    condition = await req.write_condition()
     requested = _requested_parts(await req.read_document())
     stored = await _all_parts(req, upload.upload_id)
     chosen: list[Part] = []
@@ -211,7 +212,7 @@ async def complete_upload(req: S3Request) -> web.StreamResponse:
         checksum=_final_checksum(upload, chosen),
         parts=len(chosen),
     )
-    if not await req.rt.meta.complete_upload(upload.upload_id, version):
+    if not await req.rt.meta.complete_upload(upload.upload_id, version, condition):
         raise S3Error("NoSuchUpload", UploadId=upload.upload_id)
     children: list[Node] = [
         ("Location", f"/{req.bucket}/{req.key}"),

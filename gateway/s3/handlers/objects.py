@@ -61,6 +61,7 @@ async def put_object(req: S3Request) -> web.StreamResponse:
     validate_key(req.key)
     await req.owned_bucket()
     rt = req.rt
+    condition = await req.write_condition()
     stored = await store_body(req, rt.config.storage.max_put_size)
     payload, result, checksum = stored.payload, stored.result, stored.checksum
     content_type, standard, meta = req.object_headers()
@@ -78,7 +79,7 @@ async def put_object(req: S3Request) -> web.StreamResponse:
         checksum=checksum,
     )
     try:
-        await rt.meta.put_object(version, result.staged)
+        await rt.meta.put_object(version, result.staged, condition=condition)
     except BaseException:
         await rt.ingestor.discard(result)
         raise
