@@ -39,7 +39,7 @@ class Runtime:
     @classmethod
     async def open(cls, config: Config) -> Runtime:
         data_dir = config.storage.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         kek = LocalKeyring.open_or_create(data_dir / "keyring.json")
         store = SqliteMetadataStore(data_dir / "meta.sqlite")
         await store.open()
