@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS packs (
 CREATE TABLE IF NOT EXISTS chunks (
     chunk_id BLOB PRIMARY KEY, pack_id TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
     plain_len INTEGER NOT NULL, flags INTEGER NOT NULL, created REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bucket_configs (
+    bucket TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (bucket, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, event TEXT NOT NULL);
 """
@@ -305,9 +308,27 @@ class SqliteMetadataStore:
                 "DELETE FROM parts WHERE upload_id IN (SELECT upload_id FROM uploads WHERE bucket=?)", (name,)
             )
             c.execute("DELETE FROM uploads WHERE bucket=?", (name,))
+            c.execute("DELETE FROM bucket_configs WHERE bucket=?", (name,))
             c.execute("DELETE FROM buckets WHERE name=?", (name,))
 
         await self._write(tx)
+
+    async def put_bucket_config(self, bucket: str, name: str, body: str | None) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            if body is None:
+                c.execute("DELETE FROM bucket_configs WHERE bucket=? AND name=?", (bucket, name))
+            else:
+                c.execute("INSERT OR REPLACE INTO bucket_configs VALUES (?,?,?)", (bucket, name, body))
+
+        await self._write(tx)
+
+    async def get_bucket_config(self, bucket: str, name: str) -> str | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT body FROM bucket_configs WHERE bucket=? AND name=?", (bucket, name)
+            ).fetchone()
+        )
+        return None if row is None else row[0]
 
     # -- objects ------------------------------------------------------------------------
     @staticmethod

@@ -44,6 +44,10 @@ class MetadataStore(Protocol):
     async def list_buckets(self, owner: str) -> list[Bucket]: ...
     async def delete_bucket(self, name: str) -> None: ...  # raises S3Error BucketNotEmpty
 
+    # per-bucket configuration documents (cors, versioning, tagging, ...); None deletes
+    async def put_bucket_config(self, bucket: str, name: str, body: str | None) -> None: ...
+    async def get_bucket_config(self, bucket: str, name: str) -> str | None: ...
+
     # objects
     async def put_object(
         self,

@@ -171,3 +171,15 @@ async def test_group_commit_isolates_a_failing_write(store: SqliteMetadataStore)
     assert len(await store.list_objects("bkt", "", "", False, 100)) == 20
     assert await store.lookup_chunks([cid]) == {}
     assert await store.get_pack("pbad") is None
+
+
+async def test_bucket_configs_roundtrip_and_go_with_the_bucket(store: SqliteMetadataStore) -> None:
+    assert await store.get_bucket_config("bkt", "cors") is None
+    await store.put_bucket_config("bkt", "cors", "<CORSConfiguration/>")
+    assert await store.get_bucket_config("bkt", "cors") == "<CORSConfiguration/>"
+    await store.put_bucket_config("bkt", "cors", None)
+    assert await store.get_bucket_config("bkt", "cors") is None
+    await store.put_bucket_config("bkt", "tagging", "t")
+    await store.delete_bucket("bkt")
+    await store.create_bucket(Bucket("bkt", "root", "us-east-1", 0.0))
+    assert await store.get_bucket_config("bkt", "tagging") is None
