@@ -22,7 +22,7 @@ RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 
 
 def _error_response(err: S3Error, resource: str, request_id: str, head: bool) -> web.Response:
-    headers = {"x-amz-request-id": request_id}
+    headers = {"x-amz-request-id": request_id, **err.headers}
     if err.code == "NotModified" or head:
         return web.Response(status=err.status, headers=headers)
     return web.Response(

@@ -15,7 +15,7 @@ import time
 from typing import Any, Protocol
 
 from dedup.manifest import Manifest
-from gateway.meta.models import ObjectVersion, StagedData, WriteCondition
+from gateway.meta.models import DeleteOutcome, ObjectVersion, StagedData, WriteCondition
 from gateway.meta.store import MetadataStore
 
 
@@ -82,7 +82,9 @@ class CachedMetadataStore:
     def _key(bucket: str, key: str) -> str:
         return f"v1:obj:{len(bucket)}:{bucket}:{key}"
 
-    async def get_object(self, bucket: str, key: str) -> ObjectVersion | None:
+    async def get_object(self, bucket: str, key: str, version_id: str | None = None) -> ObjectVersion | None:
+        if version_id is not None:
+            return await self._inner.get_object(bucket, key, version_id)
         ck = self._key(bucket, key)
         hit = await self._cache.get(ck)
         if hit is not None:
@@ -109,9 +111,11 @@ class CachedMetadataStore:
         finally:
             await self._invalidate(version.bucket, version.key)
 
-    async def delete_object(self, bucket: str, key: str) -> bool:
+    async def delete_object(
+        self, bucket: str, key: str, version_id: str | None = None, marker: ObjectVersion | None = None
+    ) -> DeleteOutcome:
         try:
-            return await self._inner.delete_object(bucket, key)
+            return await self._inner.delete_object(bucket, key, version_id, marker)
         finally:
             await self._invalidate(bucket, key)
 

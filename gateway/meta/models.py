@@ -31,6 +31,9 @@ class Bucket:
     created: float
 
 
+NULL_VERSION = "null"  # the version id of objects written while versioning is off or suspended
+
+
 @dataclass(frozen=True)
 class ObjectVersion:
     """One stored object: its manifest and the metadata S3 returns with it."""
@@ -50,6 +53,16 @@ class ObjectVersion:
     checksum: dict[str, str] = field(default_factory=dict)
     parts: int = 0  # number of multipart parts, 0 for a single PUT
     storage_class: str = "STANDARD"
+    delete_marker: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+    is_latest: bool = True  # as read from the store; ignored on write
+
+
+@dataclass(frozen=True)
+class DeleteOutcome:
+    version_id: str | None  # the version removed or the delete marker created
+    delete_marker: bool  # a delete marker was created, or the removed version was one
+    existed: bool
 
 
 @dataclass(frozen=True)

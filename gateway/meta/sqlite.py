@@ -24,8 +24,10 @@ from dedup.pack import ChunkLocation
 from gateway.events import OutboxEvent
 from gateway.meta.keyorder import prefix_successor
 from gateway.meta.models import (
+    NULL_VERSION,
     AccessKey,
     Bucket,
+    DeleteOutcome,
     ListedObject,
     MultipartUpload,
     ObjectVersion,
@@ -55,7 +57,10 @@ CREATE TABLE IF NOT EXISTS objects (
     etag TEXT NOT NULL, last_modified REAL NOT NULL, manifest BLOB NOT NULL,
     content_type TEXT NOT NULL, headers TEXT NOT NULL, user_meta TEXT NOT NULL,
     checksum TEXT NOT NULL, parts INTEGER NOT NULL, storage_class TEXT NOT NULL,
-    PRIMARY KEY (bucket, key)) WITHOUT ROWID;
+    delete_marker INTEGER NOT NULL, tags TEXT NOT NULL, seq INTEGER NOT NULL, latest INTEGER NOT NULL,
+    PRIMARY KEY (bucket, key, version_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_current ON objects (bucket, key) WHERE latest = 1 AND delete_marker = 0;
+CREATE INDEX IF NOT EXISTS objects_history ON objects (bucket, key, seq);
 CREATE TABLE IF NOT EXISTS uploads (
     upload_id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL, initiated REAL NOT NULL,
     owner TEXT NOT NULL, content_type TEXT NOT NULL, headers TEXT NOT NULL, user_meta TEXT NOT NULL,
@@ -80,7 +85,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 _OBJECT_COLS = (
     "bucket, key, version_id, size, etag, last_modified, manifest, content_type, headers, "
-    "user_meta, checksum, parts, storage_class"
+    "user_meta, checksum, parts, storage_class, delete_marker, tags, latest"
 )
 
 
@@ -108,6 +113,9 @@ def _row_to_version(row: tuple[Any, ...]) -> ObjectVersion:
         checksum=json.loads(row[10]),
         parts=row[11],
         storage_class=row[12],
+        delete_marker=bool(row[13]),
+        tags=json.loads(row[14]),
+        is_latest=bool(row[15]),
     )
 
 
@@ -126,6 +134,8 @@ def _version_params(v: ObjectVersion) -> tuple[Any, ...]:
         json.dumps(v.checksum),
         v.parts,
         v.storage_class,
+        int(v.delete_marker),
+        json.dumps(v.tags),
     )
 
 
@@ -358,19 +368,38 @@ class SqliteMetadataStore:
         )
 
     @staticmethod
+    def _latest(c: sqlite3.Connection, bucket: str, key: str) -> tuple[str, str, int] | None:
+        """(version id, etag, delete marker) of the key's latest version."""
+        return c.execute(
+            "SELECT version_id, etag, delete_marker FROM objects WHERE bucket=? AND key=? AND latest=1",
+            (bucket, key),
+        ).fetchone()
+
+    @classmethod
     def _put_version(
-        c: sqlite3.Connection, v: ObjectVersion, event: str, condition: WriteCondition | None = None
+        cls, c: sqlite3.Connection, v: ObjectVersion, event: str, condition: WriteCondition | None = None
     ) -> None:
+        """Make ``v`` the key's latest version; a "null" version replaces the previous null one."""
         if condition is not None:
-            row = c.execute("SELECT etag FROM objects WHERE bucket=? AND key=?", (v.bucket, v.key)).fetchone()
-            condition.check(None if row is None else row[0])
+            latest = cls._latest(c, v.bucket, v.key)
+            condition.check(None if latest is None or latest[2] else latest[1])
+        if v.version_id == NULL_VERSION:
+            c.execute(
+                "DELETE FROM objects WHERE bucket=? AND key=? AND version_id=?",
+                (v.bucket, v.key, NULL_VERSION),
+            )
+        (seq,) = c.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM objects WHERE bucket=? AND key=?", (v.bucket, v.key)
+        ).fetchone()
+        c.execute("UPDATE objects SET latest=0 WHERE bucket=? AND key=? AND latest=1", (v.bucket, v.key))
         c.execute(
-            f"INSERT OR REPLACE INTO objects ({_OBJECT_COLS}) VALUES ({','.join('?' * 13)})",
-            _version_params(v),
+            f"INSERT INTO objects ({_OBJECT_COLS}, seq) VALUES ({','.join('?' * 17)})",
+            (*_version_params(v), 1, seq),
         )
+        detail = {} if v.delete_marker else {"size": v.size, "eTag": v.etag}
         c.execute(
             "INSERT INTO outbox (created, event) VALUES (?, ?)",
-            (time.time(), _event(event, v.bucket, v.key, size=v.size, eTag=v.etag, versionId=v.version_id)),
+            (time.time(), _event(event, v.bucket, v.key, versionId=v.version_id, **detail)),
         )
 
     async def put_object(
@@ -388,25 +417,77 @@ class SqliteMetadataStore:
 
         await self._write(tx)
 
-    async def get_object(self, bucket: str, key: str) -> ObjectVersion | None:
-        row = await self._read(
-            lambda c: c.execute(
-                f"SELECT {_OBJECT_COLS} FROM objects WHERE bucket=? AND key=?", (bucket, key)
-            ).fetchone()
-        )
+    async def get_object(self, bucket: str, key: str, version_id: str | None = None) -> ObjectVersion | None:
+        if version_id is None:
+            sql, params = (
+                f"SELECT {_OBJECT_COLS} FROM objects WHERE bucket=? AND key=? AND latest=1",
+                (bucket, key),
+            )
+        else:
+            sql = f"SELECT {_OBJECT_COLS} FROM objects WHERE bucket=? AND key=? AND version_id=?"
+            params = (bucket, key, version_id)
+        row = await self._read(lambda c: c.execute(sql, params).fetchone())
         return None if row is None else _row_to_version(row)
 
-    async def delete_object(self, bucket: str, key: str) -> bool:
-        def tx(c: sqlite3.Connection) -> bool:
-            cur = c.execute("DELETE FROM objects WHERE bucket=? AND key=?", (bucket, key))
-            if cur.rowcount:
+    async def delete_object(
+        self, bucket: str, key: str, version_id: str | None = None, marker: ObjectVersion | None = None
+    ) -> DeleteOutcome:
+        """Delete one version (``version_id``), or the key's current state: with ``marker`` a
+        delete marker becomes the latest version (versioned buckets), without it the null
+        version is removed (unversioned buckets)."""
+
+        def tx(c: sqlite3.Connection) -> DeleteOutcome:
+            if version_id is None and marker is not None:
+                self._put_version(c, marker, "ObjectRemoved:DeleteMarkerCreated")
+                return DeleteOutcome(marker.version_id, True, True)
+            target = NULL_VERSION if version_id is None else version_id
+            row = c.execute(
+                "SELECT delete_marker, latest FROM objects WHERE bucket=? AND key=? AND version_id=?",
+                (bucket, key, target),
+            ).fetchone()
+            if row is None:
+                return DeleteOutcome(version_id, False, False)
+            c.execute("DELETE FROM objects WHERE bucket=? AND key=? AND version_id=?", (bucket, key, target))
+            if row[1]:  # the latest version went: the next most recent one becomes latest
                 c.execute(
-                    "INSERT INTO outbox (created, event) VALUES (?, ?)",
-                    (time.time(), _event("ObjectRemoved:Delete", bucket, key)),
+                    "UPDATE objects SET latest=1 WHERE bucket=? AND key=? AND seq="
+                    "(SELECT MAX(seq) FROM objects WHERE bucket=? AND key=?)",
+                    (bucket, key, bucket, key),
                 )
-            return cur.rowcount > 0
+            c.execute(
+                "INSERT INTO outbox (created, event) VALUES (?, ?)",
+                (time.time(), _event("ObjectRemoved:Delete", bucket, key, versionId=target)),
+            )
+            return DeleteOutcome(version_id, bool(row[0]), True)
 
         return await self._write(tx)
+
+    async def list_versions(
+        self, bucket: str, prefix: str, key: str, inclusive: bool, version_marker: str, limit: int
+    ) -> list[ObjectVersion]:
+        """Every version and delete marker, by key, newest first, after (key, version_marker)."""
+        sql = f"SELECT {_OBJECT_COLS} FROM objects o WHERE bucket=? AND key >= ?"
+        params: list[Any] = [bucket, prefix]
+        upper = prefix_successor(prefix)
+        if upper is not None:
+            sql += " AND key < ?"
+            params.append(upper)
+        if inclusive:
+            sql += " AND key >= ?"
+            params.append(key)
+        elif key and version_marker:
+            sql += (
+                " AND (key > ? OR (key = ? AND seq < "
+                "(SELECT seq FROM objects WHERE bucket=? AND key=? AND version_id=?)))"
+            )
+            params += [key, key, bucket, key, version_marker]
+        elif key:
+            sql += " AND key > ?"
+            params.append(key)
+        sql += " ORDER BY key, seq DESC LIMIT ?"
+        params.append(limit)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return [_row_to_version(r) for r in rows]
 
     async def list_objects(
         self, bucket: str, prefix: str, after: str, inclusive: bool, limit: int
@@ -416,7 +497,8 @@ class SqliteMetadataStore:
         else:
             op, lower = (">=" if inclusive else ">"), after
         sql = (
-            f"SELECT key, size, etag, last_modified, storage_class FROM objects WHERE bucket=? AND key {op} ?"
+            "SELECT key, size, etag, last_modified, storage_class FROM objects "
+            f"WHERE bucket=? AND latest=1 AND delete_marker=0 AND key {op} ?"
         )
         params: list[Any] = [bucket, lower]
         upper = prefix_successor(prefix)

@@ -16,6 +16,7 @@ from gateway.events import OutboxEvent
 from gateway.meta.models import (
     AccessKey,
     Bucket,
+    DeleteOutcome,
     ListedObject,
     MultipartUpload,
     ObjectVersion,
@@ -56,11 +57,18 @@ class MetadataStore(Protocol):
         event: str = "ObjectCreated:Put",
         condition: WriteCondition | None = None,
     ) -> None: ...
-    async def get_object(self, bucket: str, key: str) -> ObjectVersion | None: ...
-    async def delete_object(self, bucket: str, key: str) -> bool: ...
+    async def get_object(
+        self, bucket: str, key: str, version_id: str | None = None
+    ) -> ObjectVersion | None: ...  # the latest version (possibly a delete marker) or the one asked
+    async def delete_object(
+        self, bucket: str, key: str, version_id: str | None = None, marker: ObjectVersion | None = None
+    ) -> DeleteOutcome: ...
+    async def list_versions(
+        self, bucket: str, prefix: str, key: str, inclusive: bool, version_marker: str, limit: int
+    ) -> list[ObjectVersion]: ...
     async def list_objects(
         self, bucket: str, prefix: str, after: str, inclusive: bool, limit: int
-    ) -> list[ListedObject]: ...
+    ) -> list[ListedObject]: ...  # current versions only (no delete markers)
 
     # multipart
     async def create_upload(self, upload: MultipartUpload) -> None: ...

@@ -96,6 +96,7 @@ class S3Error(Exception):
         self.status = status
         self.message = message or default
         self.extra = extra
+        self.headers: dict[str, str] = {}  # response headers S3 sends with this error
 
     def to_xml(self, resource: str = "", request_id: str = "") -> bytes:
         """Render the S3 ``<Error>`` document."""

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from gateway.s3.errors import S3Error
-from gateway.s3.handlers import buckets, copy, listing, multipart, objects
+from gateway.s3.handlers import buckets, copy, listing, multipart, objects, versioning
 from gateway.s3.request import S3Request
 
 Handler = Callable[[S3Request], Awaitable[web.StreamResponse]]
@@ -38,6 +38,9 @@ _BUCKET: dict[tuple[str, str | None], Handler] = {
     ("GET", "location"): buckets.get_bucket_location,
     ("POST", "delete"): objects.delete_objects,
     ("GET", "uploads"): multipart.list_uploads,
+    ("PUT", "versioning"): versioning.put_bucket_versioning,
+    ("GET", "versioning"): versioning.get_bucket_versioning,
+    ("GET", "versions"): versioning.list_object_versions,
 }
 _OBJECT: dict[tuple[str, str | None], Handler] = {
     ("PUT", None): objects.put_object,
@@ -51,6 +54,9 @@ _OBJECT: dict[tuple[str, str | None], Handler] = {
     ("GET", "uploadId"): multipart.list_parts,
     ("GET", "partNumber"): objects.get_object,
     ("HEAD", "partNumber"): objects.head_object,
+    ("GET", "versionId"): objects.get_object,
+    ("HEAD", "versionId"): objects.head_object,
+    ("DELETE", "versionId"): objects.delete_object,
 }
 
 

@@ -61,9 +61,9 @@ async def test_put_get_delete_roundtrip(store: SqliteMetadataStore) -> None:
     assert await store.get_object("bkt", "a/b") == v
     assert await store.lookup_chunks([cid, b"\0" * 32]) == {cid: ChunkLocation("p1", 10, 50, 40, 1)}
     assert (await store.get_pack("p1")) == PackRecord("p1", WK, 100)
-    assert await store.delete_object("bkt", "a/b")
+    assert (await store.delete_object("bkt", "a/b")).existed
     assert await store.get_object("bkt", "a/b") is None
-    assert not await store.delete_object("bkt", "a/b")
+    assert not (await store.delete_object("bkt", "a/b")).existed
 
 
 async def test_put_into_missing_bucket_indexes_nothing(store: SqliteMetadataStore) -> None:

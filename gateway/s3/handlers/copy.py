@@ -19,9 +19,9 @@ from gateway.s3.addressing import validate_key
 from gateway.s3.checksums import new_checksum
 from gateway.s3.conditions import check_preconditions
 from gateway.s3.errors import S3Error
+from gateway.s3.handlers import versioning
 from gateway.s3.handlers.buckets import XML
 from gateway.s3.handlers.multipart import _part_number, _upload
-from gateway.s3.handlers.objects import NULL_VERSION
 from gateway.s3.ranges import parse_range
 from gateway.s3.request import S3Request, now
 from gateway.s3.xml import Node, document, iso8601
@@ -51,15 +51,21 @@ def parse_copy_source(value: str) -> tuple[str, str, str | None]:
 
 async def _source(req: S3Request) -> ObjectVersion:
     bucket, key, version_id = parse_copy_source(req.headers["x-amz-copy-source"])
-    if version_id not in (None, NULL_VERSION):
-        raise S3Error("NoSuchVersion", Key=key, VersionId=version_id or "")
     src_bucket = await req.rt.meta.get_bucket(bucket)
     if src_bucket is None:
         raise S3Error("NoSuchBucket", BucketName=bucket)
     if src_bucket.owner != req.principal.user:
         raise S3Error("AccessDenied")
-    src = await req.rt.meta.get_object(bucket, key)
+    src = await req.rt.meta.get_object(bucket, key, version_id)
     if src is None:
+        if version_id is not None:
+            raise S3Error("NoSuchVersion", Key=key, VersionId=version_id)
+        raise S3Error("NoSuchKey", Key=key)
+    if src.delete_marker:
+        raise S3Error(
+            "InvalidRequest", "The source of a copy request may not specifically refer to a delete marker"
+        )
+    if version_id is None and not src.is_latest:
         raise S3Error("NoSuchKey", Key=key)
     try:
         check_preconditions(req.headers, src.etag, src.last_modified, prefix="x-amz-copy-source-")
@@ -90,7 +96,11 @@ async def copy_object(req: S3Request) -> web.StreamResponse:
             "the object's metadata, storage class, website redirect location or encryption attributes.",
         )
     version = dataclasses.replace(
-        src, bucket=req.bucket, key=req.key, version_id=NULL_VERSION, last_modified=now()
+        src,
+        bucket=req.bucket,
+        key=req.key,
+        version_id=await versioning.version_id_for_write(req),
+        last_modified=now(),
     )
     if directive == "REPLACE":
         content_type, standard, meta = req.object_headers()

@@ -21,9 +21,10 @@ from gateway.s3.checksums import (
     multipart_etag,
 )
 from gateway.s3.errors import S3Error
+from gateway.s3.handlers import versioning
 from gateway.s3.handlers.buckets import XML, owner_node
 from gateway.s3.handlers.listing import url_encoder
-from gateway.s3.handlers.objects import NULL_VERSION, checksum_headers, new_upload_id, store_body
+from gateway.s3.handlers.objects import checksum_headers, new_upload_id, store_body
 from gateway.s3.paging import Cursor, paginate
 from gateway.s3.request import S3Request, now
 from gateway.s3.xml import Node, child_text, document, iso8601, parse
@@ -201,7 +202,7 @@ async def complete_upload(req: S3Request) -> web.StreamResponse:
     version = ObjectVersion(
         bucket=req.bucket,
         key=req.key,
-        version_id=NULL_VERSION,
+        version_id=await versioning.version_id_for_write(req),
         size=sum(p.size for p in chosen),
         etag=multipart_etag(md5s),
         last_modified=now(),

@@ -8,17 +8,16 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.ingest import IngestResult
-from gateway.meta.models import ObjectVersion
+from gateway.meta.models import NULL_VERSION, ObjectVersion
 from gateway.s3.addressing import validate_key
 from gateway.s3.body import PayloadReader
 from gateway.s3.checksums import header_name
 from gateway.s3.conditions import check_preconditions
 from gateway.s3.errors import S3Error
+from gateway.s3.handlers import versioning
 from gateway.s3.ranges import parse_range
 from gateway.s3.request import S3Request, now
 from gateway.s3.xml import Node, child_text, document, http_date, parse
-
-NULL_VERSION = "null"
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ async def put_object(req: S3Request) -> web.StreamResponse:
     version = ObjectVersion(
         bucket=req.bucket,
         key=req.key,
-        version_id=NULL_VERSION,
+        version_id=await versioning.version_id_for_write(req),
         size=result.size,
         etag=payload.md5.hexdigest(),
         last_modified=now(),
@@ -83,18 +82,36 @@ async def put_object(req: S3Request) -> web.StreamResponse:
     except BaseException:
         await rt.ingestor.discard(result)
         raise
-    headers = {"ETag": f'"{version.etag}"'}
+    headers = {"ETag": f'"{version.etag}"', **version_header(version.version_id)}
     if payload.client_checksum:
         headers.update(checksum_headers(checksum))
     return web.Response(status=200, headers=headers)
 
 
+def version_header(version_id: str | None) -> dict[str, str]:
+    """x-amz-version-id for versions of versioned buckets (null versions go unlabelled)."""
+    return {} if version_id in (None, NULL_VERSION) else {"x-amz-version-id": version_id}
+
+
 async def _load(req: S3Request) -> ObjectVersion:
+    """The addressed version (``versionId``) or the latest; delete markers answer as S3 does."""
     assert req.bucket is not None and req.key is not None
     await req.owned_bucket()
-    version = await req.rt.meta.get_object(req.bucket, req.key)
+    version_id = req.query.get("versionId")
+    if version_id == "":
+        raise S3Error("InvalidArgument", "Version id cannot be the empty string", ArgumentName="versionId")
+    version = await req.rt.meta.get_object(req.bucket, req.key, version_id)
     if version is None:
+        if version_id is not None:
+            raise S3Error("NoSuchVersion", Key=req.key, VersionId=version_id)
         raise S3Error("NoSuchKey", Key=req.key)
+    if version.delete_marker:
+        if version_id is None:
+            err = S3Error("NoSuchKey", Key=req.key)
+        else:
+            err = S3Error("MethodNotAllowed", Method=req.http.method, ResourceType="DeleteMarker")
+        err.headers.update({"x-amz-delete-marker": "true", "x-amz-version-id": version.version_id})
+        raise err
     return version
 
 
@@ -146,6 +163,7 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
             return web.Response(status=416, headers={"Content-Range": f"bytes */{v.size}"})
         raise
     headers = object_response_headers(v)
+    headers.update(version_header(v.version_id))
     headers.update(_response_overrides(req))
     if span is None:
         start, end, status = 0, v.size, 200
@@ -172,8 +190,11 @@ async def head_object(req: S3Request) -> web.StreamResponse:
 async def delete_object(req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     await req.owned_bucket()
-    await req.rt.meta.delete_object(req.bucket, req.key)
-    return web.Response(status=204)
+    outcome = await versioning.delete_current(req, req.key, req.query.get("versionId"))
+    headers = version_header(outcome.version_id) if outcome.existed else {}
+    if outcome.delete_marker:
+        headers["x-amz-delete-marker"] = "true"
+    return web.Response(status=204, headers=headers)
 
 
 def new_upload_id() -> str:
@@ -183,7 +204,7 @@ def new_upload_id() -> str:
 MAX_DELETE_KEYS = 1000
 
 
-def _delete_request(body: bytes) -> tuple[bool, list[str]]:
+def _delete_request(body: bytes) -> tuple[bool, list[tuple[str, str | None]]]:
     root = parse(body)
     if root.tag != "Delete":
         raise S3Error("MalformedXML")
@@ -193,7 +214,7 @@ def _delete_request(body: bytes) -> tuple[bool, list[str]]:
         key = child_text(el, "Key")
         if key is None:
             raise S3Error("MalformedXML")
-        keys.append(key)
+        keys.append((key, child_text(el, "VersionId")))
     if not keys or len(keys) > MAX_DELETE_KEYS:
         raise S3Error("MalformedXML")
     return quiet, keys
@@ -201,16 +222,23 @@ def _delete_request(body: bytes) -> tuple[bool, list[str]]:
 
 async def delete_objects(req: S3Request) -> web.StreamResponse:
     """DeleteObjects: up to 1000 keys; each result reported unless quiet."""
-    bucket = await req.owned_bucket()
+    await req.owned_bucket()
     quiet, keys = _delete_request(await req.read_document(require_digest=True))
     children: list[Node] = []
-    for key in keys:
+    for key, version_id in keys:
         try:
             validate_key(key)
-            await req.rt.meta.delete_object(bucket.name, key)
+            outcome = await versioning.delete_current(req, key, version_id)
         except S3Error as err:
             children.append(("Error", [("Key", key), ("Code", err.code), ("Message", err.message)]))
             continue
         if not quiet:
-            children.append(("Deleted", [("Key", key)]))
+            entry: list[Node] = [("Key", key)]
+            if version_id is not None:
+                entry.append(("VersionId", version_id))
+            if outcome.delete_marker:
+                entry.append(("DeleteMarker", True))
+                if version_id is None and outcome.version_id:
+                    entry.append(("DeleteMarkerVersionId", outcome.version_id))
+            children.append(("Deleted", entry))
     return web.Response(body=document("DeleteResult", children), content_type="application/xml")

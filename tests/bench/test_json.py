@@ -1,0 +1,135 @@
+"""Result shapes: the summary JSON keys and the CLI's JSON files (against the no-op server)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from array import array
+from pathlib import Path
+
+import pytest
+
+from bench.server import NoopServer
+from bench.stats import OpLog, summarize
+
+REQUIRED = {
+    "mb_per_s",
+    "ops_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "op",
+    "size",
+    "concurrency",
+    "count",
+    "errors",
+    "data",
+}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_summary_json_shape_and_math() -> None:
+    log = OpLog()
+    for i in range(100):  # 100 PUTs of 1 MB over 2 s, latencies 1..100 ms
+        log.record("put", (i + 1) * 0.02, (i + 1) / 1000, 1_000_000)
+    log.error("put: boom")
+    doc = summarize("put", 1_000_000, 4, "random", 2, log).to_json()
+    assert set(doc) >= REQUIRED
+    assert doc["count"] == 100 and doc["errors"] == 1
+    assert doc["mb_per_s"] == pytest.approx(50.0)
+    assert doc["ops_per_s"] == pytest.approx(50.0)
+    assert (doc["p50_ms"], doc["p90_ms"], doc["p99_ms"]) == (50.0, 90.0, 99.0)
+    assert isinstance(log.latencies, array)
+    json.dumps(doc)
+
+
+def test_mixed_summary_has_per_op_breakdown() -> None:
+    log = OpLog()
+    log.record("get", 0.5, 0.01, 10_000_000)
+    log.record("head", 1.0, 0.002, 0)
+    doc = summarize("mixed", 10, 2, "random", 1, log).to_json()
+    assert set(doc["by_op"]) == {"get", "head"}
+    assert doc["mb_per_s"] == pytest.approx(10.0)  # 10 MB over the 1 s to the last completion
+
+
+@pytest.fixture(scope="module")
+def noop(tmp_path_factory: pytest.TempPathFactory):
+    with NoopServer(tmp_path_factory.mktemp("noop") / "noop.log") as server:
+        yield server
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("op", "extra"),
+    [
+        ("put", ["--count", "40", "--size", "4KiB"]),
+        ("put", ["--count", "3", "--size", "3MiB", "--data", "text"]),
+        ("get", ["--count", "20", "--size", "4KiB", "--objects", "8"]),
+        ("mixed", ["--duration", "1", "--size", "8KiB", "--objects", "40"]),
+        ("list", ["--count", "5", "--size", "1KiB", "--objects", "10"]),
+        ("delete", ["--count", "10", "--size", "1KiB"]),
+    ],
+)
+def test_run_writes_json(noop: NoopServer, tmp_path: Path, op: str, extra: list[str]) -> None:
+    out = tmp_path / "out.json"
+    plot = tmp_path / "out.png"
+    proc = _bench(
+        "run",
+        "--endpoint",
+        noop.endpoint,
+        "--access-key",
+        "k",
+        "--secret-key",
+        "s",
+        "--op",
+        op,
+        "--concurrency",
+        "4",
+        "--quiet",
+        "--json",
+        str(out),
+        "--plot",
+        str(plot),
+        *extra,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    assert set(doc) >= REQUIRED
+    assert doc["op"] == op and doc["errors"] == 0 and doc["concurrency"] == 4
+    if "--count" in extra:
+        assert doc["count"] == int(extra[extra.index("--count") + 1])
+    assert plot.stat().st_size > 1000
+    assert "MB/s" in proc.stdout
+
+
+def test_ceiling_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "c.json"
+    proc = _bench(
+        "ceiling",
+        "--size",
+        "4MiB",
+        "--total",
+        "8MiB",
+        "--min-seconds",
+        "0.1",
+        "--streams",
+        "2",
+        "--quiet",
+        "--json",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["encode_mb_per_s"] > 0 and doc["decode_mb_per_s"] > 0
+    assert doc["data"] == "random" and doc["size"] == 4 * 1024 * 1024
