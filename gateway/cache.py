@@ -119,6 +119,14 @@ class CachedMetadataStore:
         finally:
             await self._invalidate(bucket, key)
 
+    async def set_object_tags(
+        self, bucket: str, key: str, version_id: str | None, tags: dict[str, str]
+    ) -> bool:
+        try:
+            return await self._inner.set_object_tags(bucket, key, version_id, tags)
+        finally:
+            await self._invalidate(bucket, key)
+
     async def complete_upload(
         self, upload_id: str, version: ObjectVersion, condition: WriteCondition | None = None
     ) -> bool:

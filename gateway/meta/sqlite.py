@@ -462,6 +462,17 @@ class SqliteMetadataStore:
 
         return await self._write(tx)
 
+    async def set_object_tags(
+        self, bucket: str, key: str, version_id: str | None, tags: dict[str, str]
+    ) -> bool:
+        def tx(c: sqlite3.Connection) -> bool:
+            where = "version_id=?" if version_id is not None else "latest=1 AND delete_marker=0"
+            params = (json.dumps(tags), bucket, key, *([version_id] if version_id is not None else []))
+            cur = c.execute(f"UPDATE objects SET tags=? WHERE bucket=? AND key=? AND {where}", params)
+            return cur.rowcount > 0
+
+        return await self._write(tx)
+
     async def list_versions(
         self, bucket: str, prefix: str, key: str, inclusive: bool, version_marker: str, limit: int
     ) -> list[ObjectVersion]:

@@ -63,6 +63,9 @@ class MetadataStore(Protocol):
     async def delete_object(
         self, bucket: str, key: str, version_id: str | None = None, marker: ObjectVersion | None = None
     ) -> DeleteOutcome: ...
+    async def set_object_tags(
+        self, bucket: str, key: str, version_id: str | None, tags: dict[str, str]
+    ) -> bool: ...  # False when the version (or a current object) does not exist
     async def list_versions(
         self, bucket: str, prefix: str, key: str, inclusive: bool, version_marker: str, limit: int
     ) -> list[ObjectVersion]: ...

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 
 from gateway.s3.errors import S3Error
-from gateway.s3.handlers import buckets, copy, listing, multipart, objects, versioning
+from gateway.s3.handlers import acl, buckets, copy, listing, multipart, objects, tagging, versioning
 from gateway.s3.request import S3Request
 
 Handler = Callable[[S3Request], Awaitable[web.StreamResponse]]
@@ -41,6 +41,11 @@ _BUCKET: dict[tuple[str, str | None], Handler] = {
     ("PUT", "versioning"): versioning.put_bucket_versioning,
     ("GET", "versioning"): versioning.get_bucket_versioning,
     ("GET", "versions"): versioning.list_object_versions,
+    ("PUT", "tagging"): tagging.put_bucket_tagging,
+    ("GET", "tagging"): tagging.get_bucket_tagging,
+    ("DELETE", "tagging"): tagging.delete_bucket_tagging,
+    ("GET", "acl"): acl.get_bucket_acl,
+    ("PUT", "acl"): acl.put_acl,
 }
 _OBJECT: dict[tuple[str, str | None], Handler] = {
     ("PUT", None): objects.put_object,
@@ -57,6 +62,12 @@ _OBJECT: dict[tuple[str, str | None], Handler] = {
     ("GET", "versionId"): objects.get_object,
     ("HEAD", "versionId"): objects.head_object,
     ("DELETE", "versionId"): objects.delete_object,
+    ("PUT", "tagging"): tagging.put_object_tagging,
+    ("GET", "tagging"): tagging.get_object_tagging,
+    ("DELETE", "tagging"): tagging.delete_object_tagging,
+    ("GET", "acl"): acl.get_object_acl,
+    ("PUT", "acl"): acl.put_acl,
+    ("GET", "attributes"): objects.get_object_attributes,
 }
 
 

@@ -33,20 +33,22 @@ def http_date(ts: float) -> str:
 
 
 def _render(node: Node, out: list[str]) -> None:
+    """Render one node; a tag may carry attributes ("Grantee xsi:type=...")."""
     if node is None:
         return
     tag, content = node
+    name = tag.split(" ", 1)[0]
     if content is None:
         out.append(f"<{tag}/>")
     elif isinstance(content, bool):
-        out.append(f"<{tag}>{'true' if content else 'false'}</{tag}>")
+        out.append(f"<{tag}>{'true' if content else 'false'}</{name}>")
     elif isinstance(content, str | int):
-        out.append(f"<{tag}>{escape(str(content))}</{tag}>")
+        out.append(f"<{tag}>{escape(str(content))}</{name}>")
     else:
         out.append(f"<{tag}>")
         for child in content:
             _render(child, out)
-        out.append(f"</{tag}>")
+        out.append(f"</{name}>")
 
 
 def document(root: str, children: Iterable[Node]) -> bytes:

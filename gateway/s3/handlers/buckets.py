@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.meta.models import Bucket
+from gateway.s3.acl import check_acl_headers
 from gateway.s3.addressing import validate_bucket_name
 from gateway.s3.errors import S3Error
 from gateway.s3.request import S3Request, now
@@ -35,6 +36,7 @@ async def list_buckets(req: S3Request) -> web.StreamResponse:
 async def create_bucket(req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
     validate_bucket_name(req.bucket)
+    check_acl_headers(req.headers)
     region = req.rt.config.server.region
     body = await req.read_document()
     if body.strip():

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from dedup.manifest import Manifest
 from gateway.meta.models import MultipartUpload, ObjectVersion, Part
+from gateway.s3.acl import check_acl_headers
 from gateway.s3.checksums import (
     ALGORITHMS,
     combine_full_object_crc,
@@ -48,6 +49,7 @@ async def _upload(req: S3Request) -> MultipartUpload:
 async def create_upload(req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     await req.owned_bucket()
+    check_acl_headers(req.headers)
     algo = req.headers.get("x-amz-checksum-algorithm")
     if algo is not None and algo.upper() not in ALGORITHMS:
         raise S3Error("InvalidRequest", f"Checksum algorithm {algo} is not supported.")

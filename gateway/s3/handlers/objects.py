@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.ingest import IngestResult
-from gateway.meta.models import NULL_VERSION, ObjectVersion
+from gateway.meta.models import NULL_VERSION, ObjectVersion, WriteCondition
+from gateway.s3 import tags
+from gateway.s3.acl import check_acl_headers
 from gateway.s3.addressing import validate_key
 from gateway.s3.body import PayloadReader
 from gateway.s3.checksums import header_name
@@ -55,33 +57,61 @@ def checksum_headers(checksum: dict[str, str]) -> dict[str, str]:
     }
 
 
+async def commit_version(
+    req: S3Request,
+    result: IngestResult,
+    etag: str,
+    checksum: dict[str, str],
+    content_type: str,
+    standard: dict[str, str],
+    meta: dict[str, str],
+    object_tags: dict[str, str],
+    *,
+    condition: WriteCondition | None = None,
+    event: str = "ObjectCreated:Put",
+) -> ObjectVersion:
+    """Commit an ingested body as the addressed key's new version (PutObject, POST Object).
+
+    If anything fails before the commit completes, the ingest's packs are discarded.
+    """
+    assert req.bucket is not None and req.key is not None
+    try:
+        version = ObjectVersion(
+            bucket=req.bucket,
+            key=req.key,
+            version_id=await versioning.version_id_for_write(req),
+            size=result.size,
+            etag=etag,
+            last_modified=now(),
+            manifest=result.manifest,
+            content_type=content_type,
+            headers=standard,
+            user_meta=meta,
+            checksum=checksum,
+            tags=object_tags,
+        )
+        await req.rt.meta.put_object(version, result.staged, event=event, condition=condition)
+    except BaseException:
+        await req.rt.ingestor.discard(result)
+        raise
+    return version
+
+
 async def put_object(req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     validate_key(req.key)
     await req.owned_bucket()
     rt = req.rt
     condition = await req.write_condition()
+    check_acl_headers(req.headers)
+    object_tags = tags.parse_header(req.headers.get("x-amz-tagging"))
     stored = await store_body(req, rt.config.storage.max_put_size)
     payload, result, checksum = stored.payload, stored.result, stored.checksum
     content_type, standard, meta = req.object_headers()
-    version = ObjectVersion(
-        bucket=req.bucket,
-        key=req.key,
-        version_id=await versioning.version_id_for_write(req),
-        size=result.size,
-        etag=payload.md5.hexdigest(),
-        last_modified=now(),
-        manifest=result.manifest,
-        content_type=content_type,
-        headers=standard,
-        user_meta=meta,
-        checksum=checksum,
+    etag = payload.md5.hexdigest()
+    version = await commit_version(
+        req, result, etag, checksum, content_type, standard, meta, object_tags, condition=condition
     )
-    try:
-        await rt.meta.put_object(version, result.staged, condition=condition)
-    except BaseException:
-        await rt.ingestor.discard(result)
-        raise
     headers = {"ETag": f'"{version.etag}"', **version_header(version.version_id)}
     if payload.client_checksum:
         headers.update(checksum_headers(checksum))
@@ -93,7 +123,7 @@ def version_header(version_id: str | None) -> dict[str, str]:
     return {} if version_id in (None, NULL_VERSION) else {"x-amz-version-id": version_id}
 
 
-async def _load(req: S3Request) -> ObjectVersion:
+async def load_version(req: S3Request) -> ObjectVersion:
     """The addressed version (``versionId``) or the latest; delete markers answer as S3 does."""
     assert req.bucket is not None and req.key is not None
     await req.owned_bucket()
@@ -128,6 +158,8 @@ def object_response_headers(v: ObjectVersion) -> dict[str, str]:
         headers["x-amz-mp-parts-count"] = str(v.parts)
     if v.storage_class != "STANDARD":
         headers["x-amz-storage-class"] = v.storage_class
+    if v.tags:
+        headers["x-amz-tagging-count"] = str(len(v.tags))
     return headers
 
 
@@ -147,7 +179,7 @@ def _response_overrides(req: S3Request) -> dict[str, str]:
 async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
     if "partNumber" in req.query:
         raise S3Error("NotImplemented", "GetObject with partNumber is not supported yet.")
-    v = await _load(req)
+    v = await load_version(req)
     try:
         check_preconditions(req.headers, v.etag, v.last_modified)
     except S3Error as err:
@@ -242,3 +274,39 @@ async def delete_objects(req: S3Request) -> web.StreamResponse:
                     entry.append(("DeleteMarkerVersionId", outcome.version_id))
             children.append(("Deleted", entry))
     return web.Response(body=document("DeleteResult", children), content_type="application/xml")
+
+
+ATTRIBUTES = {"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"}
+
+
+async def get_object_attributes(req: S3Request) -> web.StreamResponse:
+    """GetObjectAttributes. ObjectParts reports TotalPartsCount only (parts are not kept
+    individually after completion)."""
+    raw = req.headers.get("x-amz-object-attributes", "")
+    wanted = {a.strip() for a in raw.split(",") if a.strip()}
+    if not wanted or wanted - ATTRIBUTES:
+        raise S3Error(
+            "InvalidArgument", "Invalid attribute name specified.", ArgumentName="x-amz-object-attributes"
+        )
+    v = await load_version(req)
+    check_preconditions(req.headers, v.etag, v.last_modified)
+    children: list[Node] = []
+    if "ETag" in wanted:
+        children.append(("ETag", v.etag))
+    if "Checksum" in wanted and v.checksum:
+        children.append(
+            ("Checksum", [(f"Checksum{v.checksum['algorithm']}", v.checksum["value"]),
+                          ("ChecksumType", v.checksum.get("type", "FULL_OBJECT"))])
+        )  # fmt: skip
+    if "ObjectParts" in wanted and v.parts:
+        children.append(("ObjectParts", [("TotalPartsCount", v.parts), ("PartsCount", v.parts)]))
+    if "StorageClass" in wanted:
+        children.append(("StorageClass", v.storage_class))
+    if "ObjectSize" in wanted:
+        children.append(("ObjectSize", v.size))
+    headers = {"Last-Modified": http_date(v.last_modified), **version_header(v.version_id)}
+    return web.Response(
+        body=document("GetObjectAttributesResponse", children),
+        content_type="application/xml",
+        headers=headers,
+    )
