@@ -43,6 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+
+    admin = sub.add_parser("admin", help="manage users and access keys", description="Manage users and keys.")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ADMIN_COMMAND")
+    user = admin_sub.add_parser("user", help="users").add_subparsers(dest="user_command", required=True)
+    user_add = user.add_parser(
+        "add", help="create a user and print its first access key (secret shown once)", description=(
+            "Create a user with its own buckets and dedup key, and print an access key pair. "
+            "Buckets belong to their creator; other users get AccessDenied."
+        ),
+    )  # fmt: skip
+    user_add.add_argument("name")
+    _common(user_add)
+    key = admin_sub.add_parser("key", help="access keys").add_subparsers(dest="key_command", required=True)
+    key_create = key.add_parser("create", help="add an access key to a user and print it (secret shown once)")
+    key_create.add_argument("name")
+    _common(key_create)
     return parser
 
 
@@ -130,7 +146,24 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:  # pragma: no cover - uvloop is a dependency
             asyncio.run(_serve(config))
         return 0
+    if args.command == "admin":
+        return _admin(args, config)
     return 2
+
+
+def _admin(args: argparse.Namespace, config: Config) -> int:
+    from gateway import admin
+
+    try:
+        if args.admin_command == "user":
+            ak, sk = asyncio.run(admin.add_user(config, args.name))
+        else:
+            ak, sk = asyncio.run(admin.create_key(config, args.name))
+    except admin.AdminError as exc:
+        print(f"strata: {exc}", file=sys.stderr)
+        return 1
+    print(f"user:       {args.name}\naccess key: {ak}\nsecret key: {sk}")
+    return 0
 
 
 if __name__ == "__main__":

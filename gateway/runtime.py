@@ -39,10 +39,7 @@ class Runtime:
     @classmethod
     async def open(cls, config: Config) -> Runtime:
         data_dir = config.storage.data_dir
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        kek = LocalKeyring.open_or_create(data_dir / "keyring.json")
-        store = SqliteMetadataStore(data_dir / "meta.sqlite")
-        await store.open()
+        kek, store = await open_metadata(config)
         meta = CachedMetadataStore(store, LocalCache())
         backend = LocalBlobBackend(data_dir / "blobs")
         workers = config.storage.workers or (os.cpu_count() or 2)
@@ -65,3 +62,14 @@ class Runtime:
         await self.meta.close()
         await self.backend.close()
         self.pool.shutdown(wait=True)
+
+
+async def open_metadata(config: Config) -> tuple[KEKProvider, MetadataStore]:
+    """The KEK provider and metadata store alone: what admin commands need, and safe to open
+    beside a running server (unlike the blob backend, which clears stale temp files)."""
+    data_dir = config.storage.data_dir
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    kek = LocalKeyring.open_or_create(data_dir / "keyring.json")
+    store = SqliteMetadataStore(data_dir / "meta.sqlite")
+    await store.open()
+    return kek, store
