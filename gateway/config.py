@@ -35,6 +35,9 @@ class ServerConfig:
     # Host names under which virtual-host addressing (bucket.DOMAIN) is recognised.
     domains: tuple[str, ...] = ("localhost", "127.0.0.1", "s3.localhost")
     max_clock_skew_seconds: int = 900
+    # CompleteMultipartUpload answers 200 and sends whitespace every this many seconds while
+    # the completion runs longer than that (as S3 does), so clients don't time out.
+    complete_keepalive_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"{name}: expected an integer")
         return int(value)
+    if hint is float:
+        return float(value)
     if hint is Path:
         return Path(value)
     if hint is str:

@@ -17,6 +17,7 @@ from gateway.s3.errors import S3Error
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MAX_XML_BODY = 2 * 1024 * 1024
+XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
 Node = tuple[str, "Content"] | None
 Content = str | int | bool | Iterable[Node] | None
@@ -53,7 +54,7 @@ def _render(node: Node, out: list[str]) -> None:
 
 def document(root: str, children: Iterable[Node]) -> bytes:
     """A complete XML response document with the S3 namespace on the root element."""
-    out = ['<?xml version="1.0" encoding="UTF-8"?>\n', f'<{root} xmlns="{S3_NS}">']
+    out = [XML_DECLARATION.decode(), f'<{root} xmlns="{S3_NS}">']
     for child in children:
         _render(child, out)
     out.append(f"</{root}>")
@@ -62,7 +63,7 @@ def document(root: str, children: Iterable[Node]) -> bytes:
 
 def text_document(root: str, text: str) -> bytes:
     """A response document whose root element holds only text."""
-    return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root} xmlns="{S3_NS}">{escape(text)}</{root}>'.encode()
+    return XML_DECLARATION + f'<{root} xmlns="{S3_NS}">{escape(text)}</{root}>'.encode()
 
 
 def parse(body: bytes) -> ET.Element:

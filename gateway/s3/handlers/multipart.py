@@ -6,6 +6,7 @@ part manifests, so no data is copied. The ETag is ``md5(concat(part md5s))-N``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable
@@ -25,10 +26,10 @@ from gateway.s3.errors import S3Error
 from gateway.s3.handlers import versioning
 from gateway.s3.handlers.buckets import XML, owner_node
 from gateway.s3.handlers.listing import url_encoder
-from gateway.s3.handlers.objects import checksum_headers, new_upload_id, store_body
+from gateway.s3.handlers.objects import checksum_headers, new_upload_id, store_body, version_header
 from gateway.s3.paging import Cursor, paginate
 from gateway.s3.request import S3Request, now
-from gateway.s3.xml import Node, child_text, document, iso8601, parse
+from gateway.s3.xml import XML_DECLARATION, Node, child_text, document, iso8601, parse
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PARTS = 10000
@@ -171,6 +172,35 @@ def _final_checksum(upload: MultipartUpload, chosen: list[Part]) -> dict[str, st
 
 
 async def complete_upload(req: S3Request) -> web.StreamResponse:
+    """CompleteMultipartUpload. If completing takes longer than the keep-alive interval, a
+    200 is sent at once and whitespace keeps the connection alive until the result document
+    (or, as S3 does, an Error document inside the 200) follows."""
+    interval = req.rt.config.server.complete_keepalive_seconds
+    work = asyncio.ensure_future(_complete(req))
+    done, _ = await asyncio.wait({work}, timeout=interval)
+    if work in done:
+        body, headers = work.result()
+        return web.Response(body=body, content_type=XML, headers=headers)
+    resp = web.StreamResponse(status=200, headers={"Content-Type": XML})
+    try:
+        await resp.prepare(req.http)
+        await resp.write(XML_DECLARATION)  # S3 sends the declaration first: whitespace may follow it
+        while work not in done:
+            await resp.write(b" ")
+            done, _ = await asyncio.wait({work}, timeout=max(interval, 0.05))
+    except BaseException:
+        await asyncio.wait({work})  # the commit completes even if the client went away
+        raise
+    try:
+        body, _ = work.result()
+    except S3Error as err:
+        body = err.to_xml(req.http.path, req.request_id)
+    await resp.write(body.removeprefix(XML_DECLARATION))
+    await resp.write_eof()
+    return resp
+
+
+async def _complete(req: S3Request) -> tuple[bytes, dict[str, str]]:
     assert req.bucket is not None and req.key is not None
     upload = await _upload(req)
     condition = await req.write_condition()
@@ -226,7 +256,7 @@ async def complete_upload(req: S3Request) -> web.StreamResponse:
     if version.checksum and upload.checksum_algorithm:
         children.append((_TAG[version.checksum["algorithm"]], version.checksum["value"]))
         children.append(("ChecksumType", version.checksum["type"]))
-    return web.Response(body=document("CompleteMultipartUploadResult", children), content_type=XML)
+    return document("CompleteMultipartUploadResult", children), version_header(version.version_id)
 
 
 async def abort_upload(req: S3Request) -> web.StreamResponse:
