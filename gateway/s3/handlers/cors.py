@@ -75,15 +75,15 @@ class CorsSupport:
 
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """Add CORS headers to a response whose request carried ``Origin`` and matched a rule."""
-        if request.method == "OPTIONS":  # preflights answer with their own headers
-            return
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS" or not (origin or request.method == "DELETE"):
+            return  # preflights answer with their own headers; without Origin, no CORS
         try:
             bucket, key = resolve(request.host, request.path, self.rt.config.server.domains)
             if bucket is None:
                 return
             if request.method == "DELETE" and key is None:  # DeleteBucket drops the configuration
                 self.invalidate(bucket)
-            origin = request.headers.get("Origin")
             if not origin:
                 return
             rules = await self.rules(bucket)
@@ -138,7 +138,9 @@ async def preflight(
     http: web.Request, rt: Runtime, request_id: str, bucket: str | None, key: str | None
 ) -> web.StreamResponse:
     """``OPTIONS``: answered from the bucket's CORS rules, without authentication."""
-    origin, method = check_preflight(http.headers.get("Origin"), http.headers.get("Access-Control-Request-Method"))
+    origin, method = check_preflight(
+        http.headers.get("Origin"), http.headers.get("Access-Control-Request-Method")
+    )
     if bucket is None or await rt.meta.get_bucket(bucket) is None:
         raise S3Error("AccessForbidden", NO_BUCKET, Method=method, ResourceType="BUCKET")
     rules = await http.app[CORS].rules(bucket)

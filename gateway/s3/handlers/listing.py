@@ -38,15 +38,18 @@ async def list_page(
     )
 
 
-def _max_keys(req: S3Request) -> int:
-    raw = req.query.get("max-keys", str(MAX_KEYS))
+def count_param(req: S3Request, name: str = "max-keys", default: int = MAX_KEYS) -> int:
+    """A non-negative integer query parameter (max-keys, max-uploads, max-parts, markers),
+    capped at 1000 for the max-* limits as S3 does."""
+    raw = req.query.get(name, str(default)) or str(default)
     try:
         value = int(raw)
     except ValueError as exc:
-        raise S3Error("InvalidArgument", "Provided max-keys not an integer or within integer range") from exc
+        raise S3Error("InvalidArgument", f"Provided {name} not an integer or within integer range",
+                      ArgumentName=name, ArgumentValue=raw) from exc  # fmt: skip
     if value < 0:
-        raise S3Error("InvalidArgument", "max-keys must be non-negative")
-    return min(value, MAX_KEYS)
+        raise S3Error("InvalidArgument", f"{name} must be non-negative", ArgumentName=name, ArgumentValue=raw)
+    return min(value, MAX_KEYS) if name.startswith("max-") else value
 
 
 def url_encoder(req: S3Request) -> Callable[[str], str]:
@@ -79,7 +82,7 @@ async def list_objects_v2(req: S3Request) -> web.StreamResponse:
     bucket = await req.owned_bucket()
     q = req.query
     prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
-    max_keys = _max_keys(req)
+    max_keys = count_param(req)
     enc = url_encoder(req)
     token = q.get("continuation-token")
     start_after = q.get("start-after", "")
@@ -112,7 +115,7 @@ async def list_objects_v1(req: S3Request) -> web.StreamResponse:
     bucket = await req.owned_bucket()
     q = req.query
     prefix, delimiter, marker = q.get("prefix", ""), q.get("delimiter", ""), q.get("marker", "")
-    max_keys = _max_keys(req)
+    max_keys = count_param(req)
     enc = url_encoder(req)
     page = await list_page(req.rt.meta, bucket.name, prefix, delimiter, marker, max_keys)
     children: list[Node] = [

@@ -25,7 +25,7 @@ from gateway.s3.checksums import (
 from gateway.s3.errors import S3Error
 from gateway.s3.handlers import versioning
 from gateway.s3.handlers.buckets import XML, owner_node
-from gateway.s3.handlers.listing import url_encoder
+from gateway.s3.handlers.listing import count_param, url_encoder
 from gateway.s3.handlers.objects import checksum_headers, new_upload_id, store_body, version_header
 from gateway.s3.paging import Cursor, paginate
 from gateway.s3.request import S3Request, now
@@ -268,14 +268,8 @@ async def abort_upload(req: S3Request) -> web.StreamResponse:
 
 async def list_parts(req: S3Request) -> web.StreamResponse:
     upload = await _upload(req)
-    q = req.query
-    try:
-        max_parts = min(int(q.get("max-parts", "1000")), 1000)
-        marker = int(q.get("part-number-marker", "0") or 0)
-    except ValueError as exc:
-        raise S3Error("InvalidArgument", "max-parts and part-number-marker must be integers") from exc
-    if max_parts < 0 or marker < 0:
-        raise S3Error("InvalidArgument", "max-parts and part-number-marker must be non-negative")
+    max_parts = count_param(req, "max-parts")
+    marker = count_param(req, "part-number-marker", 0)
     parts = await req.rt.meta.list_parts(upload.upload_id, marker, max_parts + 1)
     truncated = len(parts) > max_parts
     parts = parts[:max_parts]
@@ -313,12 +307,7 @@ async def list_uploads(req: S3Request) -> web.StreamResponse:
     q = req.query
     prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
     key_marker, id_marker = q.get("key-marker", ""), q.get("upload-id-marker", "")
-    try:
-        max_uploads = min(int(q.get("max-uploads", "1000")), 1000)
-    except ValueError as exc:
-        raise S3Error("InvalidArgument", "max-uploads must be an integer") from exc
-    if max_uploads < 0:
-        raise S3Error("InvalidArgument", "max-uploads must be non-negative")
+    max_uploads = count_param(req, "max-uploads")
     enc = url_encoder(req)
 
     def fetch(cursor: Cursor, limit: int) -> Awaitable[list[MultipartUpload]]:

@@ -18,7 +18,7 @@ from dedup.manifest import EMPTY_MANIFEST
 from gateway.meta.models import NULL_VERSION, DeleteOutcome, ObjectVersion
 from gateway.s3.errors import S3Error
 from gateway.s3.handlers.buckets import XML, owner_node
-from gateway.s3.handlers.listing import url_encoder
+from gateway.s3.handlers.listing import count_param, url_encoder
 from gateway.s3.paging import Cursor, paginate
 from gateway.s3.request import S3Request
 from gateway.s3.xml import Node, child_text, document, iso8601, parse
@@ -96,12 +96,7 @@ async def list_object_versions(req: S3Request) -> web.StreamResponse:
     key_marker, vid_marker = q.get("key-marker", ""), q.get("version-id-marker", "")
     if vid_marker and not key_marker:
         raise S3Error("InvalidArgument", "A version-id marker cannot be specified without a key marker.")
-    try:
-        max_keys = min(int(q.get("max-keys", "1000")), 1000)
-    except ValueError as exc:
-        raise S3Error("InvalidArgument", "Provided max-keys not an integer or within integer range") from exc
-    if max_keys < 0:
-        raise S3Error("InvalidArgument", "max-keys must be non-negative")
+    max_keys = count_param(req)
     enc = url_encoder(req)
 
     def fetch(cursor: Cursor, limit: int) -> Awaitable[list[ObjectVersion]]:
