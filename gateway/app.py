@@ -14,8 +14,9 @@ from gateway.readpath import DataLossError
 from gateway.runtime import Runtime
 from gateway.s3.addressing import resolve
 from gateway.s3.errors import S3Error
+from gateway.s3.handlers import cors
 from gateway.s3.request import S3Request, authenticate
-from gateway.s3.router import route
+from gateway.s3.router import route, route_unauthenticated
 
 log = logging.getLogger("strata.access")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
@@ -40,6 +41,11 @@ async def handle(http: web.Request) -> web.StreamResponse:
     status = 500
     try:
         bucket, key = resolve(http.host, http.path, rt.config.server.domains)
+        own_auth = route_unauthenticated(http.method, bucket, key, http.query, http.headers)
+        if own_auth is not None:  # CORS preflight, browser form upload
+            response = await own_auth(http, rt, request_id, bucket, key)
+            status = response.status
+            return response
         principal, signing = await authenticate(http, rt)
         handler = route(http.method, bucket, key, http.query, http.headers)
         req = S3Request(http, rt, request_id, bucket, key, principal, signing)
@@ -72,6 +78,7 @@ def build_app(rt: Runtime) -> web.Application:
     app = web.Application(client_max_size=1024**2)
     app[RUNTIME] = rt
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
+    cors.install(app, rt)
 
     async def close_runtime(_: web.Application) -> None:
         await rt.close()

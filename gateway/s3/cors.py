@@ -129,7 +129,8 @@ def _parse_rule(el: ET.Element) -> CorsRule:
     for method in methods:
         if method not in METHODS:
             raise S3Error(
-                "InvalidRequest", f"Found unsupported HTTP method in CORS config. Unsupported method is {method}"
+                "InvalidRequest",
+                f"Found unsupported HTTP method in CORS config. Unsupported method is {method}",
             )
     for origin in origins:
         if not origin:
@@ -195,7 +196,11 @@ def find_rule(
 ) -> CorsRule | None:
     """The first rule allowing ``origin``, ``method`` and every one of ``request_headers``."""
     for rule in rules:
-        if method in rule.allowed_methods and rule.matches_origin(origin) and rule.allows_headers(request_headers):
+        if (
+            method in rule.allowed_methods
+            and rule.matches_origin(origin)
+            and rule.allows_headers(request_headers)
+        ):
             return rule
     return None
 

@@ -10,11 +10,15 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from gateway.runtime import Runtime
 from gateway.s3.errors import S3Error
-from gateway.s3.handlers import acl, buckets, copy, listing, multipart, objects, tagging, versioning
+from gateway.s3.handlers import acl, buckets, copy, cors, listing, multipart, objects, tagging, versioning
+from gateway.s3.handlers.post_object import is_form_upload, post_object
 from gateway.s3.request import S3Request
 
 Handler = Callable[[S3Request], Awaitable[web.StreamResponse]]
+# Runs before (instead of) header authentication: (request, runtime, request id, bucket, key).
+PreAuthHandler = Callable[[web.Request, Runtime, str, str | None, str | None], Awaitable[web.StreamResponse]]
 
 # Query parameters that name a sub-resource (a different operation) in S3.
 SUBRESOURCES = frozenset(
@@ -46,6 +50,9 @@ _BUCKET: dict[tuple[str, str | None], Handler] = {
     ("DELETE", "tagging"): tagging.delete_bucket_tagging,
     ("GET", "acl"): acl.get_bucket_acl,
     ("PUT", "acl"): acl.put_acl,
+    ("PUT", "cors"): cors.put_bucket_cors,
+    ("GET", "cors"): cors.get_bucket_cors,
+    ("DELETE", "cors"): cors.delete_bucket_cors,
 }
 _OBJECT: dict[tuple[str, str | None], Handler] = {
     ("PUT", None): objects.put_object,
@@ -84,6 +91,19 @@ def _subresource(query: Mapping[str, str]) -> str | None:
     if "uploadId" in present:
         return "uploadId"
     return present[0] if present else None
+
+
+def route_unauthenticated(
+    method: str, bucket: str | None, key: str | None, query: Mapping[str, str], headers: Mapping[str, str]
+) -> PreAuthHandler | None:
+    """Requests that carry their own authorisation or need none: CORS preflights (``OPTIONS``)
+    and browser form uploads (``POST`` of ``multipart/form-data`` to a bucket)."""
+    if method == "OPTIONS":
+        return cors.preflight
+    form = method == "POST" and bucket is not None and key is None and _subresource(query) is None
+    if form and is_form_upload(headers.get("content-type")):
+        return post_object
+    return None
 
 
 def route(
