@@ -202,9 +202,12 @@ def _iso(dt: datetime) -> str:
 def _parse_amz_date(value: str) -> datetime | None:
     if not _AMZ_DATE_RE.fullmatch(value):
         return None
-    try:
-        return datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-    except ValueError:
+    try:  # the regex fixed the layout: slicing is ~10x cheaper than strptime on this hot path
+        return datetime(
+            int(value[0:4]), int(value[4:6]), int(value[6:8]),
+            int(value[9:11]), int(value[11:13]), int(value[13:15]), tzinfo=UTC,
+        )  # fmt: skip
+    except ValueError:  # e.g. month 13
         return None
 
 

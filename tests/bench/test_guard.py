@@ -35,3 +35,26 @@ def test_guard_quick(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert set(doc["ratios"]) == RATIOS, report
     assert proc.returncode == 0, f"performance guard failed:\n{report}"
+
+
+def test_verdicts_fail_only_below_half_the_target() -> None:
+    from bench.guard import judge
+
+    verdicts = {
+        v.name: v
+        for v in judge(
+            {
+                "put_vs_encode[random]": 0.31,  # below target 0.60 but above 0.30: passes
+                "get_vs_decode[text]": 0.29,  # below 0.30: fails
+                "small_put_vs_noop": 0.125,  # exactly half of 0.25: passes
+                "small_get_vs_noop": 0.50,  # meets 0.40
+                "physical_vs_unique": 2.3,  # above 2 x 1.10: fails
+            }
+        )
+    }
+    assert verdicts["put_vs_encode[random]"].ok and not verdicts["put_vs_encode[random]"].meets_target
+    assert not verdicts["get_vs_decode[text]"].ok
+    assert verdicts["small_put_vs_noop"].ok
+    assert verdicts["small_get_vs_noop"].meets_target
+    assert not verdicts["physical_vs_unique"].ok
+    assert verdicts["physical_vs_unique"].floor == 2.2
