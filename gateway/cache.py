@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import collections
+import dataclasses
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from dedup.manifest import Manifest
-from gateway.meta.models import DeleteOutcome, ObjectVersion, StagedData, WriteCondition
+from gateway.meta.models import Bucket, DeleteOutcome, ObjectVersion, StagedData, WriteCondition
 from gateway.meta.store import MetadataStore
 
 
@@ -66,14 +68,19 @@ def decode_version(data: bytes) -> ObjectVersion:
     return ObjectVersion(**fields)
 
 
+_ABSENT = b"\x00absent"  # a cached "does not exist"
+
+
 class CachedMetadataStore:
-    """Wraps a metadata store: object-version lookups go through ``cache``."""
+    """Wraps a metadata store: latest-version, bucket and bucket-config lookups go through
+    ``cache``."""
 
     def __init__(self, inner: MetadataStore, cache: Cache, ttl: float = 300.0) -> None:
         self._inner = inner
         self._cache = cache
         self._ttl = ttl
         self._writes = 0  # bumped by every write: a lookup that overlapped one is not cached
+        self._config_names: set[str] = set()  # bucket config names seen, to drop with the bucket
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -82,18 +89,70 @@ class CachedMetadataStore:
     def _key(bucket: str, key: str) -> str:
         return f"v1:obj:{len(bucket)}:{bucket}:{key}"
 
+    async def _cached(
+        self, ck: str, load: Callable[[], Awaitable[Any]], encode: Callable[[Any], bytes],
+        decode: Callable[[bytes], Any], negative: bool = False,
+    ) -> Any:  # fmt: skip
+        """Read-through: a hit decodes; a miss loads and caches unless a write overlapped."""
+        hit = await self._cache.get(ck)
+        if hit is not None:
+            return None if hit == _ABSENT else decode(hit)
+        before = self._writes
+        value = await load()
+        if before == self._writes and (value is not None or negative):
+            await self._cache.set(ck, _ABSENT if value is None else encode(value), self._ttl)
+        return value
+
     async def get_object(self, bucket: str, key: str, version_id: str | None = None) -> ObjectVersion | None:
         if version_id is not None:
             return await self._inner.get_object(bucket, key, version_id)
-        ck = self._key(bucket, key)
-        hit = await self._cache.get(ck)
-        if hit is not None:
-            return decode_version(hit)
-        before = self._writes
-        version = await self._inner.get_object(bucket, key)
-        if version is not None and before == self._writes:
-            await self._cache.set(ck, encode_version(version), self._ttl)
-        return version
+        return await self._cached(
+            self._key(bucket, key),
+            lambda: self._inner.get_object(bucket, key),
+            encode_version,
+            decode_version,
+        )
+
+    async def get_bucket(self, name: str) -> Bucket | None:
+        return await self._cached(
+            f"v1:bkt:{name}",
+            lambda: self._inner.get_bucket(name),
+            lambda b: json.dumps(dataclasses.asdict(b)).encode(),
+            lambda d: Bucket(**json.loads(d)),
+        )
+
+    async def get_bucket_config(self, bucket: str, name: str) -> str | None:
+        self._config_names.add(name)
+        return await self._cached(
+            f"v1:cfg:{bucket}:{name}",
+            lambda: self._inner.get_bucket_config(bucket, name),
+            str.encode,
+            bytes.decode,
+            negative=True,  # most buckets have no such document: remember that too
+        )
+
+    async def put_bucket_config(self, bucket: str, name: str, body: str | None) -> None:
+        try:
+            await self._inner.put_bucket_config(bucket, name, body)
+        finally:
+            self._writes += 1
+            await self._cache.delete(f"v1:cfg:{bucket}:{name}")
+
+    async def create_bucket(self, bucket: Bucket) -> bool:
+        try:
+            return await self._inner.create_bucket(bucket)
+        finally:
+            await self._forget_bucket(bucket.name)
+
+    async def delete_bucket(self, name: str) -> None:
+        try:
+            await self._inner.delete_bucket(name)
+        finally:
+            await self._forget_bucket(name)
+
+    async def _forget_bucket(self, name: str) -> None:
+        self._writes += 1
+        await self._cache.delete(f"v1:bkt:{name}", *(f"v1:cfg:{name}:{c}" for c in self._config_names))
 
     async def _invalidate(self, bucket: str, key: str) -> None:
         self._writes += 1

@@ -31,6 +31,7 @@ from gateway.packs import Fresh, OpenPack, SmallObjectPacker
 from gateway.s3.errors import S3Error
 
 T = TypeVar("T")
+INLINE_MAX = 64 * 1024  # CPU stages on less data than this run on the event loop
 
 
 class Digest(Protocol):
@@ -88,7 +89,7 @@ class _Session:
         if not data:
             return
         ing = self.ingestor
-        ids = await ing.cpu(_ids, self.dedup_key, data)
+        ids = await ing.cpu(_ids, self.dedup_key, data, work=sum(len(c) for c in data))
         self.ids.extend(ids)
         self.lengths.extend(len(c) for c in data)
         candidates = list({i for i in ids if i not in self.seen})
@@ -153,7 +154,11 @@ class Ingestor:
         self._slots = asyncio.Semaphore(max(1, config.ingest_slots))
         self.small = SmallObjectPacker(backend, kek, self.cpu, config.zstd_level)
 
-    async def cpu(self, fn: Callable[..., T], *args: object) -> T:
+    async def cpu(self, fn: Callable[..., T], *args: object, work: int = INLINE_MAX) -> T:
+        """Run a CPU stage in the pool, or inline when ``work`` (bytes) is too small to be
+        worth a thread hop (the hop costs more than hashing or sealing a few KiB)."""
+        if work < INLINE_MAX:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def ingest(
@@ -193,15 +198,17 @@ class Ingestor:
                     raise S3Error("EntityTooLarge", MaxSizeAllowed=str(max_size))
                 if hashing is not None:
                     await hashing
-                hashing = asyncio.ensure_future(self.cpu(_update_all, digests, batch))
+                hashing = asyncio.ensure_future(self.cpu(_update_all, digests, batch, work=len(batch)))
                 async with self._slots:
-                    await session.add(await self.cpu(partial(chunker.feed, batch, owned=True)))
+                    await session.add(
+                        await self.cpu(partial(chunker.feed, batch, owned=True), work=len(batch))
+                    )
             if hashing is not None:
                 await hashing
             if verify is not None:
                 verify()
             async with self._slots:
-                await session.add(await self.cpu(chunker.finish), final=True)
+                await session.add(await self.cpu(chunker.finish, work=chunker.buffered), final=True)
             await session.close_pack()
         except BaseException:
             reader.cancel()

@@ -45,7 +45,7 @@ class OpenPack:
     async def seal(self, cpu: CpuRunner, fresh: Fresh, level: int) -> list[SealedChunk]:
         """Compress and encrypt chunks under this pack's DEK, in parallel in the CPU pool."""
         sealed = await asyncio.gather(
-            *(cpu(seal_chunk, self.sealer, cid, data, level) for cid, data in fresh)
+            *(cpu(seal_chunk, self.sealer, cid, data, level, work=len(data)) for cid, data in fresh)
         )
         return list(sealed)  # type: ignore[arg-type]
 
@@ -74,15 +74,20 @@ class OpenPack:
 class SmallObjectPacker:
     """Group-commits the chunks of small objects from concurrent requests into shared packs.
 
+    A group stays open for ``window`` seconds (a couple of milliseconds: less than the fsync it
+    saves) so that requests arriving together share it even when the event loop is busy.
     A shared pack is never deleted by one request's failure (others may reference it); records
     nobody commits are reclaimed by garbage collection like any unreferenced chunk.
     """
 
-    def __init__(self, backend: BlobBackend, kek: KEKProvider, cpu: CpuRunner, level: int) -> None:
+    def __init__(
+        self, backend: BlobBackend, kek: KEKProvider, cpu: CpuRunner, level: int, window: float = 0.002
+    ) -> None:
         self._backend = backend
         self._kek = kek
         self._cpu = cpu
         self._level = level
+        self._window = window  # how long a group stays open for more requests
         self._pending: list[tuple[Fresh, asyncio.Future[tuple[list[NewChunk], PackRecord]]]] = []
         self._flusher: asyncio.Future[None] | None = None
 
@@ -95,6 +100,7 @@ class SmallObjectPacker:
         return await fut
 
     async def _flush(self) -> None:
+        await asyncio.sleep(self._window)  # let concurrent small PUTs join this group
         while self._pending:
             group, self._pending = self._pending, []
             pack: OpenPack | None = None

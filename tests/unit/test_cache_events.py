@@ -74,3 +74,18 @@ async def test_every_change_writes_an_ordered_outbox_event(stores) -> None:
     assert events[0].seq < events[1].seq
     assert events[0].body["key"] == "a" and events[0].body["eTag"] == "1" * 32
     assert await inner.read_outbox(events[-1].seq, 10) == []
+
+
+async def test_bucket_and_config_lookups_are_cached_and_invalidated(stores) -> None:
+    inner, cached, _ = stores
+    assert await cached.get_bucket_config("bkt", "versioning") is None  # absence is cached
+    await inner.put_bucket_config("bkt", "versioning", "Enabled")  # behind the cache's back
+    assert await cached.get_bucket_config("bkt", "versioning") is None
+    await cached.put_bucket_config("bkt", "versioning", "Suspended")  # through it: invalidated
+    assert await cached.get_bucket_config("bkt", "versioning") == "Suspended"
+    assert (await cached.get_bucket("bkt")).owner == "root"  # type: ignore[union-attr]
+    await cached.delete_bucket("bkt")
+    assert await cached.get_bucket("bkt") is None
+    await cached.create_bucket(Bucket("bkt", "alice", "us-east-1", 1.0))
+    assert (await cached.get_bucket("bkt")).owner == "alice"  # type: ignore[union-attr]
+    assert await cached.get_bucket_config("bkt", "versioning") is None  # went with the old bucket
