@@ -50,11 +50,8 @@ class OpenPack:
         return list(sealed)  # type: ignore[arg-type]
 
     async def append(self, sealed: list[SealedChunk]) -> list[NewChunk]:
-        out = []
-        for s in sealed:
-            await self.writer.write(s.record)
-            out.append(NewChunk(s.chunk_id, self.pack.add(s)))
-        return out
+        await self.writer.write_all([s.record for s in sealed])
+        return [NewChunk(s.chunk_id, self.pack.add(s)) for s in sealed]
 
     @property
     def size(self) -> int:
@@ -109,7 +106,7 @@ class SmallObjectPacker:
                 sealed = await asyncio.gather(
                     *(pack.seal(self._cpu, fresh, self._level) for fresh, _ in group)
                 )
-                placed = [await pack.append(s) for s in sealed]
+                placed = [await pack.append(s) for s in sealed]  # one writev hop per request
                 record = await pack.close()
             except BaseException as exc:
                 if pack is not None:

@@ -6,12 +6,13 @@ then nothing is visible under the name, and ``abort`` leaves nothing behind.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 
 class BlobWriter(Protocol):
     async def write(self, data: bytes | memoryview) -> None: ...
+    async def write_all(self, pieces: Sequence[bytes | memoryview]) -> None: ...  # in order
     async def commit(self) -> None: ...
     async def abort(self) -> None: ...
 

@@ -41,3 +41,16 @@ async def test_names_cannot_escape_the_root(tmp_path: Path, name: str) -> None:
             await backend.read_range(name, 0, 1)
     finally:
         await backend.close()
+
+
+async def test_write_all_appends_every_piece_in_order(tmp_path: Path) -> None:
+    backend = LocalBlobBackend(tmp_path / "blobs")
+    try:
+        pieces = [bytes([i % 256]) * (i * 37 % 5000) for i in range(1500)]  # > IOV_MAX, some empty
+        writer = await backend.open_writer("p/big")
+        await writer.write_all([memoryview(p) for p in pieces])
+        await writer.commit()
+        total = b"".join(pieces)
+        assert await backend.read_range("p/big", 0, len(total)) == total
+    finally:
+        await backend.close()
