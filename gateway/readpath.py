@@ -22,6 +22,7 @@ from gateway.backends.base import BlobBackend, pack_blob_name
 from gateway.meta.store import MetadataStore
 
 LOOKUP_WINDOW = 256
+INLINE_OPEN = 64 * 1024  # runs smaller than this are opened on the event loop
 
 
 class DataLossError(RuntimeError):
@@ -81,6 +82,8 @@ class ChunkReader:
                 pack_blob_name(first.pack_id), first.offset, last.offset + last.length - first.offset
             ),
         )
+        if len(blob) < INLINE_OPEN:  # a small record: opening it costs less than a thread hop
+            return _open_run(sealer, memoryview(blob), first.offset, ids, locs)
         return await asyncio.get_running_loop().run_in_executor(
             self.pool, _open_run, sealer, memoryview(blob), first.offset, ids, locs
         )

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 IOV_MAX = 1024  # buffers per writev call (Linux UIO_MAXIOV)
+INLINE_READ = 64 * 1024  # reads up to this size run on the event loop
 
 
 def _fsync_dir(path: Path) -> None:
@@ -117,6 +118,8 @@ class LocalBlobBackend:
                 raise OSError(f"short read from {name}: {len(data)} of {length} bytes at {offset}")
             return data
 
+        if length <= INLINE_READ:  # small reads of (page-cached) packs: cheaper than a thread hop
+            return read()
         return await self.run(read)
 
     async def size(self, name: str) -> int:
