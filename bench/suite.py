@@ -1,0 +1,332 @@
+"""The standard measurement set and its ratios (what the README table and the guard use).
+
+This module owns *which* measurements make up a Strata benchmark report and how they are
+turned into ratios measured within one run (the machine is shared and noisy, so absolute
+numbers move; ratios of two measurements taken minutes apart move much less):
+
+* ``put_vs_encode[kind]``: PUT MB/s of 64 MiB objects at concurrency 4 / the *achievable*
+  encode ceiling on the same data kind (target >= 0.60);
+* ``get_vs_decode[kind]``: GET MB/s / the achievable decode ceiling (target >= 0.60);
+* ``small_put_vs_noop`` / ``small_get_vs_noop``: 4 KiB op/s at concurrency 32 / the same
+  client's op/s against the no-op server (targets >= 0.25 and >= 0.40);
+* ``physical_vs_unique``: dedup physical bytes / in-process unique compressed bytes over
+  the versioned corpus (target <= 1.10).
+
+The *achievable* ceiling is the lower of the in-process codec ceiling (the better of a
+measurement just before and one just after the HTTP runs) and what the same client moves
+with the same objects and concurrency through the no-op server (the HTTP floor). On a
+small machine where client and server share the cores, loopback HTTP alone can be slower
+than the codec (here the no-op GET runs at about a quarter of AES-GCM decode speed), and a
+ratio against the codec alone would then judge the machine rather than the gateway. The
+uncapped ratios (``put_vs_encode_uncapped[kind]``, ``get_vs_decode_uncapped[kind]``) and
+``put_vs_noop[kind]`` / ``get_vs_noop[kind]`` are reported beside them, without targets.
+
+By default it starts its own embedded Strata server on a temporary data directory
+(:class:`bench.server.StrataServer`); it can also measure a running one
+(``endpoint`` + keys, and ``data_dir`` for the dedup part). ``quick`` makes every part a few
+seconds long and measures random data only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.ceiling import CeilingSpec, run_ceiling
+from bench.corpus import CorpusSpec
+from bench.dedup import DedupSpec, local_meter, run_dedup
+from bench.load import LoadSpec, run_load
+from bench.report import run_rows, table
+from bench.server import NoopServer, StrataServer
+from bench.small import SmallSpec, run_small
+from bench.stats import Summary
+from bench.units import GiB, MiB
+
+TARGETS: dict[str, tuple[float, str]] = {
+    # name -> (target, "min": ratio should be at least target / "max": at most target)
+    "put_vs_encode": (0.60, "min"),
+    "get_vs_decode": (0.60, "min"),
+    "small_put_vs_noop": (0.25, "min"),
+    "small_get_vs_noop": (0.40, "min"),
+    "physical_vs_unique": (1.10, "max"),
+}
+
+
+def target_of(name: str) -> tuple[float, str]:
+    return TARGETS[name.split("[", 1)[0]]
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    quick: bool = False
+    kinds: tuple[str, ...] = ("random", "text")
+    big_size: int = 64 * MiB
+    big_concurrency: int = 4
+    big_count: int = 24  # per PUT run (full mode)
+    big_duration: float = 3.0  # per PUT/GET run (quick mode)
+    get_objects: int = 16
+    ceiling_total: int = 1 * GiB
+    small_size: int = 4096
+    small_concurrency: int = 32
+    small_duration: float = 4.0
+    small_rounds: int = 3
+    small_objects: int = 256
+    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    processes: int = 0
+    endpoint: str = ""  # empty: start an embedded server
+    access_key: str = ""
+    secret_key: str = ""
+    data_dir: str = ""  # for dedup against an external server
+    progress: bool = True
+
+    @classmethod
+    def quick_spec(cls, **kw: Any) -> SuiteSpec:
+        return cls(
+            quick=True,
+            kinds=("random",),
+            big_size=16 * MiB,
+            big_duration=2.5,
+            get_objects=4,
+            ceiling_total=256 * MiB,
+            small_duration=1.25,
+            small_rounds=2,
+            small_objects=128,
+            corpus=CorpusSpec(versions=5, size=16 * MiB, kind="text", edits=1),
+            **kw,
+        )
+
+
+@dataclass
+class SuiteResult:
+    ratios: dict[str, float] = field(default_factory=dict)
+    info: dict[str, float] = field(default_factory=dict)  # ratios without a target
+    http_floor: dict[str, float] = field(default_factory=dict)
+    runs: list[Summary] = field(default_factory=list)
+    ceilings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    small: dict[str, Any] = field(default_factory=dict)
+    dedup: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ratios": {k: round(v, 4) for k, v in self.ratios.items()},
+            "targets": {k: target_of(k)[0] for k in self.ratios},
+            "info_ratios": {k: round(v, 4) for k, v in self.info.items()},
+            "runs": [s.to_json() for s in self.runs],
+            "ceilings": self.ceilings,
+            "http_floor_mb_per_s": self.http_floor,
+            "small": self.small,
+            "dedup": self.dedup,
+            "notes": self.notes,
+        }
+
+    def ratio_table(self) -> str:
+        rows = []
+        for name, value in self.ratios.items():
+            target, kind = target_of(name)
+            rows.append([name, value, f"{'>=' if kind == 'min' else '<='} {target:.2f}"])
+        for name, value in self.info.items():
+            rows.append([name, value, "(info)"])
+        return table(("ratio", "value", "target"), rows)
+
+    def runs_table(self) -> str:
+        return table(
+            ("run", "op", "size", "data", "conc", "ops", "err", "MB/s", "op/s", "p50 ms", "p90 ms", "p99 ms"),
+            run_rows(self.runs),
+        )
+
+
+class Suite:
+    """Runs the parts of the suite against one server; each part records its ratios."""
+
+    def __init__(self, spec: SuiteSpec) -> None:
+        self.spec = spec
+        self.result = SuiteResult()
+        self._tmp: str | None = None
+        self.server: StrataServer | None = None
+        self.endpoint = spec.endpoint
+        self.access_key = spec.access_key
+        self.secret_key = spec.secret_key
+        self.data_dir = spec.data_dir
+        self.http: dict[str, float] = {}  # no-op server MB/s for big PUT / GET
+
+    def __enter__(self) -> Suite:
+        if not self.endpoint:
+            self._tmp = tempfile.mkdtemp(prefix="strata-bench-")
+            self.server = StrataServer(Path(self._tmp) / "data").start()
+            self.endpoint = self.server.endpoint
+            self.access_key, self.secret_key = self.server.access_key, self.server.secret_key
+            self.data_dir = str(self.server.data_dir)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.stop()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _load(self, **kw: Any) -> Summary:
+        spec = LoadSpec(
+            endpoint=self.endpoint,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            processes=self.spec.processes,
+            progress=self.spec.progress,
+            **kw,
+        )
+        summary = run_load(spec)
+        self.result.runs.append(summary)
+        if summary.errors:
+            self.result.notes.append(
+                f"{summary.label}: {summary.errors} errors, e.g. {summary.error_samples[:1]}"
+            )
+        return summary
+
+    def _ceiling(self, kind: str) -> dict[str, Any]:
+        s = self.spec
+        return run_ceiling(
+            CeilingSpec(
+                data=kind,
+                size=s.big_size,
+                total=s.ceiling_total,
+                min_seconds=0.75 if s.quick else 2.0,
+                progress=s.progress,
+            )
+        )
+
+    def _big_bounds(self, op: str) -> dict[str, Any]:
+        s = self.spec
+        if s.quick:
+            return {"duration": s.big_duration}
+        return {"count": s.big_count if op == "put" else 2 * s.big_count}
+
+    def big(self, kind: str) -> None:
+        """Ceiling, PUT and GET of big objects of one data kind, ceiling again.
+
+        The codec ceiling is measured before and after the HTTP runs and the better of the
+        two is used: other load on a shared machine only ever slows a measurement down.
+        """
+        s = self.spec
+        if not self.http:
+            self.http_floor()
+        before = self._ceiling(kind)
+        common = {"size": s.big_size, "data": kind, "concurrency": s.big_concurrency}
+        put = self._load(op="put", label=f"strata put {kind}", **common, **self._big_bounds("put"))
+        get = self._load(
+            op="get", label=f"strata get {kind}", objects=s.get_objects, **common, **self._big_bounds("get")
+        )
+        after = self._ceiling(kind)
+        encode = max(before["encode_mb_per_s"], after["encode_mb_per_s"])
+        decode = max(before["decode_mb_per_s"], after["decode_mb_per_s"])
+        self.result.ceilings[kind] = {
+            "encode_mb_per_s": encode,
+            "decode_mb_per_s": decode,
+            "before": before,
+            "after": after,
+        }
+        put_mb, get_mb = put.total.mb_per_s, get.total.mb_per_s
+        http_put, http_get = self.http["put"], self.http["get"]
+        self.result.ratios[f"put_vs_encode[{kind}]"] = put_mb / min(encode, http_put)
+        self.result.ratios[f"get_vs_decode[{kind}]"] = get_mb / min(decode, http_get)
+        info = self.result.info
+        info[f"put_vs_encode_uncapped[{kind}]"] = put_mb / encode
+        info[f"get_vs_decode_uncapped[{kind}]"] = get_mb / decode
+        info[f"put_vs_noop[{kind}]"] = put_mb / http_put
+        info[f"get_vs_noop[{kind}]"] = get_mb / http_get
+
+    def http_floor(self) -> None:
+        """Big-object PUT and GET against the no-op server: what this client and this machine
+        move over HTTP at all, with no storage work. The codec ceiling the big-object ratios
+        divide by is capped at this figure (a 2-core machine running client and server may
+        not even reach the codec's decode speed over loopback with a no-op handler)."""
+        s = self.spec
+        common = {"size": s.big_size, "data": "random", "concurrency": s.big_concurrency}
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-noop-") as tmp,
+            NoopServer(Path(tmp) / "noop.log") as noop,
+        ):
+            for op in ("put", "get"):
+                summary = run_load(
+                    LoadSpec(
+                        endpoint=noop.endpoint,
+                        access_key="noop",
+                        secret_key="noop",
+                        op=op,
+                        label=f"noop {op} big",
+                        objects=s.get_objects if op == "get" else None,
+                        processes=s.processes,
+                        progress=s.progress,
+                        **common,
+                        **self._big_bounds(op),
+                    )
+                )
+                self.result.runs.append(summary)
+                self.http[op] = summary.total.mb_per_s
+        self.result.http_floor = dict(self.http)
+
+    def small(self) -> None:
+        s = self.spec
+        res = run_small(
+            SmallSpec(
+                endpoint=self.endpoint,
+                access_key=self.access_key,
+                secret_key=self.secret_key,
+                size=s.small_size,
+                concurrency=s.small_concurrency,
+                duration=s.small_duration,
+                rounds=s.small_rounds,
+                objects=s.small_objects,
+                processes=s.processes,
+                progress=s.progress,
+            )
+        )
+        self.result.runs.extend(res.summaries())
+        self.result.small = res.to_json()
+        self.result.ratios["small_put_vs_noop"] = res.ratio("put")
+        self.result.ratios["small_get_vs_noop"] = res.ratio("get")
+
+    def dedup(self) -> None:
+        if not self.data_dir:
+            self.result.notes.append("dedup skipped: no data dir to measure")
+            return
+        res = run_dedup(
+            DedupSpec(
+                self.endpoint,
+                self.access_key,
+                self.secret_key,
+                corpus=self.spec.corpus,
+                progress=self.spec.progress,
+            ),
+            local_meter(self.data_dir),
+        )
+        self.result.dedup = res
+        self.result.ratios["physical_vs_unique"] = res["physical_over_unique"] or 0.0
+
+    def run_all(self) -> SuiteResult:
+        for kind in self.spec.kinds:
+            self.big(kind)
+        self.small()
+        self.dedup()
+        return self.result
+
+    def rerun(self, ratio_names: list[str]) -> None:
+        """Measure again the parts that produce ``ratio_names`` (each part once)."""
+        parts: dict[str, None] = {}
+        for name in ratio_names:
+            base = name.split("[", 1)[0]
+            if base in ("put_vs_encode", "get_vs_decode"):
+                parts["big:" + name.split("[", 1)[1].rstrip("]")] = None
+            elif base.startswith("small_"):
+                parts["small"] = None
+            else:
+                parts["dedup"] = None
+        for part in parts:
+            if part.startswith("big:"):
+                self.big(part[4:])
+            elif part == "small":
+                self.small()
+            else:
+                self.dedup()
