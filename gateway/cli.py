@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Strata: an S3-compatible storage gateway with dedup, compression and encryption.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "bench", help="benchmarks: run, ceiling, dedup, noop, small, suite, guard (bench/README.md)",
+        add_help=False,
+    )  # fmt: skip
     serve = sub.add_parser(
         "serve",
         help="run the S3 gateway",
@@ -126,6 +130,11 @@ async def _serve(config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the benchmark has its own command line (bench/cli.py)
+        from bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(getattr(args, "log_level", "INFO")).upper(), logging.INFO),
