@@ -27,8 +27,8 @@ SUBRESOURCES = frozenset(
         "intelligent-tiering", "inventory", "legal-hold", "lifecycle", "location", "logging",
         "metrics", "notification", "object-lock", "ownershipControls", "partNumber", "policy",
         "policyStatus", "publicAccessBlock", "replication", "requestPayment", "restore", "retention",
-        "select", "tagging", "torrent", "uploadId", "uploads", "versionId", "versioning", "versions",
-        "website",
+        "select", "session", "tagging", "torrent", "uploadId", "uploads", "versionId", "versioning",
+        "versions", "website",
     }
 )  # fmt: skip
 
