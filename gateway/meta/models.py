@@ -107,6 +107,7 @@ class MultipartUpload:
     user_meta: dict[str, str]
     checksum_algorithm: str | None
     checksum_type: str | None
+    tags: dict[str, str] = field(default_factory=dict)  # x-amz-tagging, applied on completion
 
 
 @dataclass(frozen=True)

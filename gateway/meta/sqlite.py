@@ -64,7 +64,7 @@ CREATE INDEX IF NOT EXISTS objects_history ON objects (bucket, key, seq);
 CREATE TABLE IF NOT EXISTS uploads (
     upload_id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL, initiated REAL NOT NULL,
     owner TEXT NOT NULL, content_type TEXT NOT NULL, headers TEXT NOT NULL, user_meta TEXT NOT NULL,
-    checksum_algorithm TEXT, checksum_type TEXT);
+    checksum_algorithm TEXT, checksum_type TEXT, tags TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, initiated);
 CREATE TABLE IF NOT EXISTS parts (
     upload_id TEXT NOT NULL, part_number INTEGER NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
@@ -526,7 +526,7 @@ class SqliteMetadataStore:
         u = upload
         await self._write(
             lambda c: c.execute(
-                "INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     u.upload_id,
                     u.bucket,
@@ -538,13 +538,14 @@ class SqliteMetadataStore:
                     json.dumps(u.user_meta),
                     u.checksum_algorithm,
                     u.checksum_type,
+                    json.dumps(u.tags),
                 ),
             )
         )
 
     _UPLOAD_COLS = (
         "upload_id, bucket, key, initiated, owner, content_type, headers, user_meta, "
-        "checksum_algorithm, checksum_type"
+        "checksum_algorithm, checksum_type, tags"
     )
 
     @staticmethod
@@ -560,6 +561,7 @@ class SqliteMetadataStore:
             json.loads(row[7]),
             row[8],
             row[9],
+            json.loads(row[10]),
         )
 
     async def get_upload(self, bucket: str, upload_id: str) -> MultipartUpload | None:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from dedup.manifest import Manifest
 from gateway.meta.models import MultipartUpload, ObjectVersion, Part
+from gateway.s3 import tags
 from gateway.s3.acl import check_acl_headers
 from gateway.s3.checksums import (
     ALGORITHMS,
@@ -71,6 +72,7 @@ async def create_upload(req: S3Request) -> web.StreamResponse:
         user_meta=meta,
         checksum_algorithm=algo.upper() if algo else None,
         checksum_type=(ctype.upper() if ctype else "COMPOSITE") if algo else None,
+        tags=tags.parse_header(req.headers.get("x-amz-tagging")),
     )
     await req.rt.meta.create_upload(upload)
     body = document(
@@ -244,6 +246,7 @@ async def _complete(req: S3Request) -> tuple[bytes, dict[str, str]]:
         user_meta=upload.user_meta,
         checksum=_final_checksum(upload, chosen),
         parts=len(chosen),
+        tags=upload.tags,
     )
     if not await req.rt.meta.complete_upload(upload.upload_id, version, condition):
         raise S3Error("NoSuchUpload", UploadId=upload.upload_id)

@@ -154,8 +154,6 @@ def object_response_headers(v: ObjectVersion) -> dict[str, str]:
     }
     headers.update(v.headers)
     headers.update({f"x-amz-meta-{k}": val for k, val in v.user_meta.items()})
-    if v.parts:
-        headers["x-amz-mp-parts-count"] = str(v.parts)
     if v.storage_class != "STANDARD":
         headers["x-amz-storage-class"] = v.storage_class
     if v.tags:
