@@ -21,7 +21,7 @@ from gateway.s3.conditions import check_preconditions
 from gateway.s3.errors import S3Error
 from gateway.s3.handlers import versioning
 from gateway.s3.handlers.buckets import XML
-from gateway.s3.handlers.multipart import _part_number, _upload
+from gateway.s3.handlers.multipart import load_upload, part_number_param
 from gateway.s3.ranges import parse_range
 from gateway.s3.request import S3Request, now
 from gateway.s3.xml import Node, document, iso8601
@@ -113,8 +113,8 @@ async def copy_object(req: S3Request) -> web.StreamResponse:
 
 
 async def upload_part_copy(req: S3Request) -> web.StreamResponse:
-    number = _part_number(req.query.get("partNumber"))
-    upload = await _upload(req)
+    number = part_number_param(req.query.get("partNumber"))
+    upload = await load_upload(req)
     src = await _source(req)
     span = (0, src.size)
     header = req.headers.get("x-amz-copy-source-range")

@@ -38,7 +38,7 @@ CRC_ALGORITHMS = ("CRC32", "CRC32C", "CRC64NVME")
 _TAG = {a: "Checksum" + a for a in ALGORITHMS}
 
 
-async def _upload(req: S3Request) -> MultipartUpload:
+async def load_upload(req: S3Request) -> MultipartUpload:
     assert req.bucket is not None
     await req.owned_bucket()
     upload_id = req.query.get("uploadId", "")
@@ -88,15 +88,15 @@ async def create_upload(req: S3Request) -> web.StreamResponse:
     return web.Response(body=body, content_type=XML, headers=headers)
 
 
-def _part_number(raw: str | None) -> int:
+def part_number_param(raw: str | None) -> int:
     if raw is None or not raw.isdigit() or not 1 <= int(raw) <= MAX_PARTS:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive")
     return int(raw)
 
 
 async def upload_part(req: S3Request) -> web.StreamResponse:
-    number = _part_number(req.query.get("partNumber"))
-    upload = await _upload(req)
+    number = part_number_param(req.query.get("partNumber"))
+    upload = await load_upload(req)
     stored = await store_body(req, req.rt.config.storage.max_put_size)
     if upload.checksum_algorithm and stored.checksum["algorithm"] != upload.checksum_algorithm:
         await req.rt.ingestor.discard(stored.result)
@@ -204,7 +204,7 @@ async def complete_upload(req: S3Request) -> web.StreamResponse:
 
 async def _complete(req: S3Request) -> tuple[bytes, dict[str, str]]:
     assert req.bucket is not None and req.key is not None
-    upload = await _upload(req)
+    upload = await load_upload(req)
     condition = await req.write_condition()
     requested = _requested_parts(await req.read_document())
     stored = await _all_parts(req, upload.upload_id)
@@ -263,14 +263,14 @@ async def _complete(req: S3Request) -> tuple[bytes, dict[str, str]]:
 
 
 async def abort_upload(req: S3Request) -> web.StreamResponse:
-    upload = await _upload(req)
+    upload = await load_upload(req)
     if not await req.rt.meta.abort_upload(upload.upload_id):
         raise S3Error("NoSuchUpload", UploadId=upload.upload_id)
     return web.Response(status=204)
 
 
 async def list_parts(req: S3Request) -> web.StreamResponse:
-    upload = await _upload(req)
+    upload = await load_upload(req)
     max_parts = count_param(req, "max-parts")
     marker = count_param(req, "part-number-marker", 0)
     parts = await req.rt.meta.list_parts(upload.upload_id, marker, max_parts + 1)
