@@ -139,6 +139,15 @@ def _version_params(v: ObjectVersion) -> tuple[Any, ...]:
     )
 
 
+def _prefix_range(prefix: str) -> tuple[str, list[Any]]:
+    """SQL (and parameters) restricting ``key`` to keys starting with ``prefix``, as an
+    index range: ``key >= prefix AND key < successor(prefix)``."""
+    upper = prefix_successor(prefix)
+    if upper is None:
+        return " AND key >= ?", [prefix]
+    return " AND key >= ? AND key < ?", [prefix, upper]
+
+
 def _event(name: str, bucket: str, key: str, **detail: Any) -> str:
     return json.dumps({"eventName": name, "bucket": bucket, "key": key, "time": time.time(), **detail})
 
@@ -477,12 +486,9 @@ class SqliteMetadataStore:
         self, bucket: str, prefix: str, key: str, inclusive: bool, version_marker: str, limit: int
     ) -> list[ObjectVersion]:
         """Every version and delete marker, by key, newest first, after (key, version_marker)."""
-        sql = f"SELECT {_OBJECT_COLS} FROM objects o WHERE bucket=? AND key >= ?"
-        params: list[Any] = [bucket, prefix]
-        upper = prefix_successor(prefix)
-        if upper is not None:
-            sql += " AND key < ?"
-            params.append(upper)
+        where, params = _prefix_range(prefix)
+        sql = f"SELECT {_OBJECT_COLS} FROM objects WHERE bucket=?{where}"
+        params.insert(0, bucket)
         if inclusive:
             sql += " AND key >= ?"
             params.append(key)
@@ -503,19 +509,12 @@ class SqliteMetadataStore:
     async def list_objects(
         self, bucket: str, prefix: str, after: str, inclusive: bool, limit: int
     ) -> list[ListedObject]:
-        if after < prefix:
-            op, lower = ">=", prefix
-        else:
-            op, lower = (">=" if inclusive else ">"), after
+        where, params = _prefix_range(prefix)
         sql = (
             "SELECT key, size, etag, last_modified, storage_class FROM objects "
-            f"WHERE bucket=? AND latest=1 AND delete_marker=0 AND key {op} ?"
+            f"WHERE bucket=? AND latest=1 AND delete_marker=0{where} AND key {'>=' if inclusive else '>'} ?"
         )
-        params: list[Any] = [bucket, lower]
-        upper = prefix_successor(prefix)
-        if upper is not None:
-            sql += " AND key < ?"
-            params.append(upper)
+        params = [bucket, *params, after]
         sql += " ORDER BY key LIMIT ?"
         params.append(limit)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
@@ -575,12 +574,9 @@ class SqliteMetadataStore:
     async def list_uploads(
         self, bucket: str, prefix: str, key: str, inclusive: bool, upload_id_marker: str, limit: int
     ) -> list[MultipartUpload]:
-        sql = f"SELECT {self._UPLOAD_COLS} FROM uploads WHERE bucket=? AND key >= ?"
-        params: list[Any] = [bucket, prefix]
-        upper = prefix_successor(prefix)
-        if upper is not None:
-            sql += " AND key < ?"
-            params.append(upper)
+        where, params = _prefix_range(prefix)
+        sql = f"SELECT {self._UPLOAD_COLS} FROM uploads WHERE bucket=?{where}"
+        params.insert(0, bucket)
         key_marker = key
         if inclusive:
             sql += " AND key >= ?"
