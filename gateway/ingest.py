@@ -47,7 +47,8 @@ class IngestResult:
     dedup_bytes: int  # plain bytes that were already stored (not written again)
 
 
-def _update_all(digests: Sequence[Digest], data: bytes | bytearray) -> None:
+def update_digests(digests: Sequence[Digest], data: bytes | bytearray | memoryview) -> None:
+    """Feed ``data`` to every digest, in order (one memoryview, no copies)."""
     view = memoryview(data)
     for d in digests:
         d.update(view)
@@ -198,7 +199,7 @@ class Ingestor:
                     raise S3Error("EntityTooLarge", MaxSizeAllowed=str(max_size))
                 if hashing is not None:
                     await hashing
-                hashing = asyncio.ensure_future(self.cpu(_update_all, digests, batch, work=len(batch)))
+                hashing = asyncio.ensure_future(self.cpu(update_digests, digests, batch, work=len(batch)))
                 async with self._slots:
                     await session.add(
                         await self.cpu(partial(chunker.feed, batch, owned=True), work=len(batch))

@@ -17,7 +17,7 @@ import hmac
 import re
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Executor
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.s3.checksums import (
     ALGORITHMS,
@@ -126,9 +126,9 @@ class PayloadReader:
 
     # -- streaming ---------------------------------------------------------------------
     @property
-    def digests(self) -> list[object]:
+    def digests(self) -> list[Any]:
         """Digests the ingest pipeline must update with every payload byte, in order."""
-        out: list[object] = [self.md5, self.checksum]
+        out: list[Any] = [self.md5, self.checksum]
         if self._sha256 is not None:
             out.append(self._sha256)
         return out
@@ -136,12 +136,6 @@ class PayloadReader:
     @property
     def has_content_md5(self) -> bool:
         return self._content_md5 is not None
-
-    def digests_update(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed payload bytes to every digest (for bodies read whole, not ingested)."""
-        view = memoryview(data)
-        for d in self.digests:
-            d.update(view)  # type: ignore[attr-defined]
 
     async def _raw(self) -> AsyncIterator[bytes]:
         while True:

@@ -13,6 +13,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDictProxy
 
 from gateway.identity import Principal
+from gateway.ingest import update_digests
 from gateway.meta.models import Bucket, WriteCondition
 from gateway.runtime import Runtime
 from gateway.s3.body import PayloadReader
@@ -66,7 +67,7 @@ class S3Request:
             body += piece
             if len(body) > limit:
                 raise S3Error("MalformedXML", "The XML you provided was too large.")
-        payload.digests_update(body)
+        update_digests(payload.digests, body)
         payload.verify()
         return bytes(body)
 

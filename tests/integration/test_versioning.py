@@ -3,6 +3,7 @@ ListObjectVersions paging, and suspended buckets."""
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
@@ -14,26 +15,36 @@ def _code(err: pytest.ExceptionInfo[ClientError]) -> str:
 
 
 def _all_versions(s3: Any, bucket: str, **kw: Any) -> list[tuple[str, str, bool, bool]]:
-    """(key, version id, is latest, is delete marker), in listing order, over every page."""
+    """(key, version id, is latest, is delete marker) in the server's own element order (read
+    from the raw XML: botocore splits Versions and DeleteMarkers apart), over every page."""
+    bodies: list[bytes] = []
+
+    def capture(http_response: Any, **_: Any) -> None:
+        bodies.append(http_response.content)
+
+    s3.meta.events.register("after-call.s3.ListObjectVersions", capture)
     out: list[tuple[str, str, bool, bool]] = []
     extra: dict[str, str] = {}
-    while True:
-        page = s3.list_object_versions(Bucket=bucket, **kw, **extra)
-        entries = [(v, False) for v in page.get("Versions", [])] + [
-            (d, True) for d in page.get("DeleteMarkers", [])
-        ]
-        # botocore splits versions and markers; restore S3's order (key, then newest first).
-        order = {e["VersionId"]: i for i, e in enumerate(_raw_order(page))}
-        entries.sort(key=lambda e: order[e[0]["VersionId"]])
-        out += [(e["Key"], e["VersionId"], e["IsLatest"], dm) for e, dm in entries]
-        if not page["IsTruncated"]:
-            return out
-        extra = {"KeyMarker": page["NextKeyMarker"], "VersionIdMarker": page["NextVersionIdMarker"]}
-
-
-def _raw_order(page: dict[str, Any]) -> list[dict[str, Any]]:
-    items = page.get("Versions", []) + page.get("DeleteMarkers", [])
-    return sorted(items, key=lambda e: (e["Key"], -e["LastModified"].timestamp()))
+    try:
+        while True:
+            page = s3.list_object_versions(Bucket=bucket, **kw, **extra)
+            for el in ET.fromstring(bodies[-1]):
+                tag = el.tag.split("}", 1)[1]
+                if tag in ("Version", "DeleteMarker"):
+                    fields = {c.tag.split("}", 1)[1]: c.text for c in el}
+                    out.append(
+                        (
+                            fields["Key"],
+                            fields["VersionId"],
+                            fields["IsLatest"] == "true",
+                            tag == "DeleteMarker",
+                        )
+                    )
+            if not page["IsTruncated"]:
+                return out
+            extra = {"KeyMarker": page["NextKeyMarker"], "VersionIdMarker": page["NextVersionIdMarker"]}
+    finally:
+        s3.meta.events.unregister("after-call.s3.ListObjectVersions", capture)
 
 
 def test_versioning_lifecycle(s3: Any, bucket: str) -> None:
