@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import ssl
 import sys
@@ -17,6 +18,11 @@ from aiohttp import web
 
 from gateway.config import Config, load_config, with_overrides
 from gateway.memory import tune_malloc
+
+# Operator commands that live in their own modules (gateway/commands/*.py). Each module
+# provides ``register(subparsers, common)`` to add its parser (setting ``run`` as the parser
+# default: ``run(args, config) -> exit status``).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -63,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     key_create = key.add_parser("create", help="add an access key to a user and print it (secret shown once)")
     key_create.add_argument("name")
     _common(key_create)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub, _common)
     return parser
 
 
@@ -157,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "admin":
         return _admin(args, config)
+    run = getattr(args, "run", None)
+    if run is not None:
+        try:
+            return int(run(args, config))
+        except KeyboardInterrupt:
+            print("strata: interrupted; the job can be resumed by running it again", file=sys.stderr)
+            return 130
     return 2
 
 

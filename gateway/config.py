@@ -4,7 +4,8 @@ Precedence, lowest first: built-in defaults, the TOML file (``--config``), envir
 variables, then command-line flags (applied by the CLI through :func:`with_overrides`).
 Every field of section ``S`` named ``F`` can be set from the environment as
 ``STRATA_S_F`` (upper case), e.g. ``STRATA_SERVER_PORT``; the root credentials are
-``STRATA_ROOT_ACCESS_KEY`` and ``STRATA_ROOT_SECRET_KEY``. The object is passed down
+``STRATA_ROOT_ACCESS_KEY`` and ``STRATA_ROOT_SECRET_KEY``, and ``STRATA_KMS`` is short for
+``STRATA_KMS_KEY``. Secret-bearing fields are left out of ``repr``. The object is passed down
 explicitly; nothing reads configuration from globals.
 """
 
@@ -66,11 +67,99 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class MetaConfig:
+    """Where metadata lives. No DSNs: the embedded SQLite file in ``storage.data_dir``.
+    With DSNs (``STRATA_META_DSNS``, comma-separated): sharded PostgreSQL, the first DSN
+    being the catalog shard."""
+
+    dsns: tuple[str, ...] = field(default=(), repr=False)  # DSNs may carry passwords
+    pool_min: int = 1
+    pool_max: int = 16
+    command_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """The shared cache (version lookups, manifests, share tokens). No URL: an in-process
+    LRU. The cache is an accelerator only: when Redis is unreachable answers stay correct."""
+
+    url: str | None = field(default=None, repr=False)
+    prefix: str = "strata:"
+    ttl_seconds: int = 300
+    socket_timeout: float = 0.25
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Event publishing. No bootstrap servers: events stay in the metadata outbox."""
+
+    bootstrap: str | None = None
+    topic: str = "strata-events"  # default topic; buckets may choose their own
+    relay_batch: int = 500
+    relay_interval: float = 0.2  # seconds between outbox polls when idle
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Where packs are stored. No endpoint and no bucket: ``storage.data_dir``/blobs.
+    Otherwise an S3 bucket per tier (warm and cold default to the hot bucket)."""
+
+    endpoint: str | None = None
+    bucket: str | None = None
+    warm_bucket: str | None = None
+    cold_bucket: str | None = None
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    region: str = "us-east-1"
+    connect_timeout: float = 2.0
+    read_timeout: float = 10.0
+    max_attempts: int = 4  # per request, with exponential backoff and full jitter
+    backoff_base: float = 0.05
+    backoff_max: float = 1.0
+    breaker_failures: int = 5  # consecutive failures that open the circuit breaker
+    breaker_reset_seconds: float = 5.0  # open -> half-open after this long
+    # Optional replica: packs are copied to it asynchronously; reads fall back to it.
+    replica_endpoint: str | None = None
+    replica_bucket: str | None = None
+    replica_access_key: str | None = field(default=None, repr=False)
+    replica_secret_key: str | None = field(default=None, repr=False)
+    replica_region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class KmsConfig:
+    """The master key (KEK) provider: ``local`` (a keyring file in ``storage.data_dir``) or
+    an AWS KMS key ARN or alias. ``STRATA_KMS`` sets ``key``."""
+
+    key: str = "local"
+    endpoint: str | None = None
+    region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class GcConfig:
+    """Garbage collection of unreferenced chunks and repacking of sparse packs."""
+
+    grace_seconds: float = 86400.0  # an unreferenced chunk is reclaimed only after this long
+    interval_seconds: float = 0.0  # run inside ``strata serve`` this often; 0 = never
+    repack_threshold: float = 0.5  # repack packs whose live share is below this
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Request logs (one JSON line per request) and the audit log."""
+
+    level: str = "INFO"
+    format: str = "json"  # json | text
+    audit: bool = True  # audit records for every mutation and download
+
+
+@dataclass(frozen=True)
 class RootConfig:
     """The root user's credentials; generated and stored on first start when unset."""
 
     access_key: str | None = None
-    secret_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -80,6 +169,13 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     root: RootConfig = field(default_factory=RootConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    kms: KmsConfig = field(default_factory=KmsConfig)
+    gc: GcConfig = field(default_factory=GcConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 def _coerce(value: Any, hint: Any, name: str) -> Any:
@@ -139,6 +235,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     unknown = set(data) - set(sections)
     if unknown:
         raise ValueError(f"unknown config sections: {', '.join(sorted(unknown))}")
+    if "STRATA_KMS" in env and "STRATA_KMS_KEY" not in env:
+        env = {**env, "STRATA_KMS_KEY": env["STRATA_KMS"]}
     hints = typing.get_type_hints(Config)
     built = {name: _section(hints[name], data.get(name, {}), env, name) for name in sections}
     return Config(**built)

@@ -40,10 +40,8 @@ from gateway.meta.models import (
 from gateway.s3.errors import S3Error
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY, kek_id TEXT NOT NULL, kek_version INTEGER NOT NULL,
     dedup_key BLOB NOT NULL, created REAL NOT NULL);
@@ -83,6 +81,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, event TEXT NOT NULL);
 """
 
+# Versioned schema migrations, applied in order inside one transaction when the store opens.
+# Append new versions; never edit an applied one.
+MIGRATIONS: dict[int, str] = {
+    1: _SCHEMA_V1,
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
 _OBJECT_COLS = (
     "bucket, key, version_id, size, etag, last_modified, manifest, content_type, headers, "
     "user_meta, checksum, parts, storage_class, delete_marker, tags, latest"
@@ -96,6 +101,31 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION` (the embedded store has one owner, so it
+    migrates itself on open); refuse a database from a newer Strata."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    current = 0 if row is None else row[0]
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(f"metadata schema version {current} is newer than this Strata ({SCHEMA_VERSION})")
+    pending = [v for v in sorted(MIGRATIONS) if v > current]
+    if not pending:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for version in pending:
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute("DELETE FROM schema_version")
+        conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _row_to_version(row: tuple[Any, ...]) -> ObjectVersion:
@@ -168,12 +198,7 @@ class SqliteMetadataStore:
     async def open(self) -> None:
         def setup() -> None:
             self._wconn = _connect(self._path)
-            self._wconn.executescript(_SCHEMA)
-            row = self._wconn.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
-                self._wconn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] != SCHEMA_VERSION:
-                raise RuntimeError(f"metadata schema version {row[0]} is not {SCHEMA_VERSION}")
+            _migrate(self._wconn)
 
         await self._run_write_raw(setup)
         self._rconn = await asyncio.get_running_loop().run_in_executor(self._reader, _connect, self._path)

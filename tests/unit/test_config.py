@@ -54,3 +54,45 @@ def test_bad_types_are_rejected() -> None:
 def test_example_config_loads() -> None:
     example = Path(__file__).resolve().parents[2] / "conf" / "strata.example.toml"
     assert load_config(example, env={}) == Config()
+
+
+def test_production_profile_env_names() -> None:
+    """The operator-facing names from the deployment docs map onto the typed config."""
+    c = load_config(
+        None,
+        env={
+            "STRATA_META_DSNS": "postgresql://a/x, postgresql://b/x",
+            "STRATA_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "STRATA_KAFKA_BOOTSTRAP": "127.0.0.1:9092",
+            "STRATA_KAFKA_TOPIC": "events",
+            "STRATA_BACKEND_ENDPOINT": "http://s3:8333",
+            "STRATA_BACKEND_BUCKET": "hot",
+            "STRATA_BACKEND_ACCESS_KEY": "AK",
+            "STRATA_BACKEND_SECRET_KEY": "SK",
+            "STRATA_BACKEND_REGION": "eu-west-1",
+            "STRATA_KMS": "arn:aws:kms:eu-west-1:111122223333:key/abc",
+            "STRATA_GC_GRACE_SECONDS": "60",
+        },
+    )
+    assert c.meta.dsns == ("postgresql://a/x", "postgresql://b/x")
+    assert c.redis.url == "redis://127.0.0.1:6379/0"
+    assert (c.kafka.bootstrap, c.kafka.topic) == ("127.0.0.1:9092", "events")
+    assert (c.backend.endpoint, c.backend.bucket, c.backend.region) == ("http://s3:8333", "hot", "eu-west-1")
+    assert (c.backend.access_key, c.backend.secret_key) == ("AK", "SK")
+    assert c.kms.key.startswith("arn:aws:kms:")
+    assert c.gc.grace_seconds == 60.0
+    assert load_config(None, env={}).kafka.topic == "strata-events"
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    c = load_config(
+        None,
+        env={
+            "STRATA_BACKEND_SECRET_KEY": "TOPSECRET",
+            "STRATA_META_DSNS": "postgresql://u:PGPASS@h/db",
+            "STRATA_REDIS_URL": "redis://:REDISPASS@h",
+        },
+    )
+    text = repr(c)
+    for secret in ("TOPSECRET", "PGPASS", "REDISPASS"):
+        assert secret not in text
