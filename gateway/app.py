@@ -10,6 +10,7 @@ import time
 
 from aiohttp import web
 
+from gateway.backends.base import BackendUnavailable
 from gateway.readpath import DataLossError
 from gateway.runtime import Runtime
 from gateway.s3.addressing import resolve
@@ -55,6 +56,12 @@ async def handle(http: web.Request) -> web.StreamResponse:
     except S3Error as err:
         status = err.status
         return _error_response(err, http.path, request_id, http.method == "HEAD")
+    except BackendUnavailable as exc:
+        log.warning("backend unavailable serving %s %s: %s", http.method, http.path, exc)
+        err = S3Error("SlowDown")
+        err.headers["Retry-After"] = "1"
+        status = err.status
+        return _error_response(err, http.path, request_id, http.method == "HEAD")
     except DataLossError:
         log.exception("data loss serving %s %s", http.method, http.path)
         return _error_response(S3Error("InternalError"), http.path, request_id, http.method == "HEAD")
@@ -80,6 +87,9 @@ def build_app(rt: Runtime) -> web.Application:
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     cors.install(app, rt)
 
+    async def start_runtime(_: web.Application) -> None:
+        await rt.start()
+
     async def close_runtime(_: web.Application) -> None:
         await rt.close()
 
@@ -88,5 +98,6 @@ def build_app(rt: Runtime) -> web.Application:
             response.headers.setdefault("x-amz-request-id", request["request_id"])
 
     app.on_response_prepare.append(stamp_request_id)
+    app.on_startup.append(start_runtime)
     app.on_cleanup.append(close_runtime)
     return app

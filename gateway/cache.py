@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from dedup.manifest import Manifest
+from gateway.config import Config
 from gateway.meta.models import Bucket, DeleteOutcome, ObjectVersion, StagedData, WriteCondition
 from gateway.meta.store import MetadataStore
 
@@ -54,6 +55,11 @@ class LocalCache:
     async def delete(self, *keys: str) -> None:
         for key in keys:
             self._data.pop(key, None)
+
+
+def open_cache(config: Config) -> Cache:
+    """The cache the config asks for (in-process LRU by default)."""
+    return LocalCache()
 
 
 def encode_version(v: ObjectVersion) -> bytes:

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.config import Config
+
 
 @dataclass(frozen=True)
 class OutboxEvent:
@@ -36,3 +38,8 @@ class OutboxOnlySink:
 
     async def publish(self, events: list[OutboxEvent]) -> None:
         return None
+
+
+def open_sink(config: Config) -> EventSink:
+    """The event sink the config asks for (the outbox alone by default)."""
+    return OutboxOnlySink()

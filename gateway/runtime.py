@@ -7,19 +7,22 @@ event sink. Production implementations plug into the same slots.
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from crypto import KEKProvider, LocalKeyring
 from gateway.backends.base import BlobBackend
-from gateway.backends.local import LocalBlobBackend
-from gateway.cache import CachedMetadataStore, LocalCache
+from gateway.backends.factory import open_backend
+from gateway.cache import CachedMetadataStore, open_cache
 from gateway.config import Config
-from gateway.events import EventSink, OutboxOnlySink
+from gateway.events import EventSink, open_sink
 from gateway.identity import Identities
 from gateway.ingest import Ingestor
-from gateway.meta.sqlite import SqliteMetadataStore
+from gateway.meta.factory import open_store
 from gateway.meta.store import MetadataStore
 from gateway.readpath import ChunkReader
 
@@ -35,13 +38,13 @@ class Runtime:
     ingestor: Ingestor
     reader: ChunkReader
     events: EventSink
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @classmethod
     async def open(cls, config: Config) -> Runtime:
-        data_dir = config.storage.data_dir
         kek, store = await open_metadata(config)
-        meta = CachedMetadataStore(store, LocalCache())
-        backend = LocalBlobBackend(data_dir / "blobs")
+        meta = CachedMetadataStore(store, open_cache(config))
+        backend = open_backend(config)
         workers = config.storage.workers or (os.cpu_count() or 2)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cpu")
         return cls(
@@ -52,13 +55,23 @@ class Runtime:
             pool=pool,
             identities=Identities(meta, kek),
             ingestor=Ingestor(backend, meta, kek, pool, config.storage),
-            events=OutboxOnlySink(),
+            events=open_sink(config),
             reader=ChunkReader(
                 backend, meta, kek, pool, config.storage.read_ahead, run_bytes=config.storage.read_run
             ),
         )
 
+    async def start(self) -> None:
+        """Start the background jobs of a serving process (called once the app runs)."""
+
+    def spawn(self, job: Coroutine[Any, Any, Any]) -> None:
+        """Run ``job`` in the background until :meth:`close` cancels it."""
+        self.tasks.append(asyncio.ensure_future(job))
+
     async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.meta.close()
         await self.backend.close()
         self.pool.shutdown(wait=True)
@@ -70,6 +83,4 @@ async def open_metadata(config: Config) -> tuple[KEKProvider, MetadataStore]:
     data_dir = config.storage.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     kek = LocalKeyring.open_or_create(data_dir / "keyring.json")
-    store = SqliteMetadataStore(data_dir / "meta.sqlite")
-    await store.open()
-    return kek, store
+    return kek, await open_store(config)

@@ -10,6 +10,11 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 
+class BackendUnavailable(Exception):
+    """The backend cannot serve requests now (retries exhausted, or its circuit breaker is
+    open). Clients get 503 SlowDown and retry; nothing was committed."""
+
+
 class BlobWriter(Protocol):
     async def write(self, data: bytes | memoryview) -> None: ...
     async def write_all(self, pieces: Sequence[bytes | memoryview]) -> None: ...  # in order
