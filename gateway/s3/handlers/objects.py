@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 from dataclasses import dataclass
 
@@ -20,6 +22,8 @@ from gateway.s3.handlers import versioning
 from gateway.s3.ranges import parse_range
 from gateway.s3.request import S3Request, now
 from gateway.s3.xml import Node, child_text, document, http_date, parse
+
+log = logging.getLogger("strata.s3")
 
 
 @dataclass(frozen=True)
@@ -207,8 +211,19 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
     resp.content_length = end - start
     await resp.prepare(req.http)
     if not head:
-        async for piece in req.rt.reader.stream(v.manifest, start, end):
-            await resp.write(piece)
+        try:
+            async for piece in req.rt.reader.stream(v.manifest, start, end):
+                await resp.write(piece)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            # The status line is out: the one honest signal left is to cut the connection,
+            # so the client sees a short body at once instead of waiting for bytes that
+            # will never come.
+            log.exception("aborting GET %s/%s after the headers were sent", v.bucket, v.key)
+            if req.http.transport is not None:
+                req.http.transport.abort()
+            raise ConnectionResetError("response aborted after the headers were sent") from exc
     await resp.write_eof()
     return resp
 
