@@ -1,25 +1,28 @@
 """The aiohttp application: one catch-all route that resolves, authenticates and dispatches
 S3 requests, renders every failure as S3 error XML, and stamps each response with
-``x-amz-request-id``."""
+``x-amz-request-id``; the operator endpoints ``/healthz``, ``/readyz`` and ``/metrics``
+(``gateway/observability/health.py``) in front of it; and the middleware that gives each
+request its id and, once it is done, its access-log line, metrics and audit record."""
 
 from __future__ import annotations
 
 import logging
-import secrets
-import time
 
 from aiohttp import web
 
+from crypto.kms import KmsError
 from gateway.backends.base import BackendUnavailable
+from gateway.observability import health
+from gateway.observability.record import RequestRecord, log_request, observe_requests
 from gateway.readpath import DataLossError
 from gateway.runtime import Runtime
 from gateway.s3.addressing import resolve
 from gateway.s3.errors import S3Error
 from gateway.s3.handlers import cors
 from gateway.s3.request import S3Request, authenticate
-from gateway.s3.router import route, route_unauthenticated
+from gateway.s3.router import operation_name, route, route_unauthenticated
 
-log = logging.getLogger("strata.access")
+log = logging.getLogger("strata.s3")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 
 
@@ -37,53 +40,46 @@ def _error_response(err: S3Error, resource: str, request_id: str, head: bool) ->
 
 async def handle(http: web.Request) -> web.StreamResponse:
     rt = http.app[RUNTIME]
-    request_id = http["request_id"] = secrets.token_hex(8).upper()
-    started = time.monotonic()
-    status = 500
+    rec = RequestRecord.of(http)  # started by the observe_requests middleware
+    request_id = http["request_id"] = rec.request_id
     try:
         bucket, key = resolve(http.host, http.path, rt.config.server.domains)
+        rec.bucket, rec.key = bucket, key
+        rec.operation = operation_name(http.method, bucket, key, http.query, http.headers)
         own_auth = route_unauthenticated(http.method, bucket, key, http.query, http.headers)
         if own_auth is not None:  # CORS preflight, browser form upload
-            response = await own_auth(http, rt, request_id, bucket, key)
-            status = response.status
-            return response
+            return await own_auth(http, rt, request_id, bucket, key)
         principal, signing = await authenticate(http, rt)
+        rec.user, rec.access_key = principal.user, principal.access_key
         handler = route(http.method, bucket, key, http.query, http.headers)
         req = S3Request(http, rt, request_id, bucket, key, principal, signing)
-        response = await handler(req)
-        status = response.status
-        return response
+        return await handler(req)
     except S3Error as err:
-        status = err.status
+        rec.error = err.code
         return _error_response(err, http.path, request_id, http.method == "HEAD")
-    except BackendUnavailable as exc:
-        log.warning("backend unavailable serving %s %s: %s", http.method, http.path, exc)
+    except (BackendUnavailable, KmsError) as exc:
+        log.warning("backend or KMS unavailable serving %s %s: %s", http.method, http.path, exc)
         err = S3Error("SlowDown")
         err.headers["Retry-After"] = "1"
-        status = err.status
+        rec.error = err.code
         return _error_response(err, http.path, request_id, http.method == "HEAD")
     except DataLossError:
         log.exception("data loss serving %s %s", http.method, http.path)
+        rec.error = "InternalError"
         return _error_response(S3Error("InternalError"), http.path, request_id, http.method == "HEAD")
     except (ConnectionResetError, web.HTTPException):
         raise
     except Exception:
         log.exception("internal error serving %s %s", http.method, http.path)
+        rec.error = "InternalError"
         return _error_response(S3Error("InternalError"), http.path, request_id, http.method == "HEAD")
-    finally:
-        log.info(
-            "%s %s %s %d %.1fms",
-            request_id,
-            http.method,
-            http.path,
-            status,
-            (time.monotonic() - started) * 1000,
-        )
 
 
 def build_app(rt: Runtime) -> web.Application:
-    app = web.Application(client_max_size=1024**2)
+    observe = observe_requests(rt.metrics.in_flight, log_request, rt.metrics.observe_request, rt.audit.finish)
+    app = web.Application(client_max_size=1024**2, middlewares=[observe])
     app[RUNTIME] = rt
+    health.install(app, rt, handle)  # /healthz, /readyz, /metrics: before the S3 catch-all
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     cors.install(app, rt)
 

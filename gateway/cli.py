@@ -22,7 +22,13 @@ from gateway.memory import tune_malloc
 # Operator commands that live in their own modules (gateway/commands/*.py). Each module
 # provides ``register(subparsers, common)`` to add its parser (setting ``run`` as the parser
 # default: ``run(args, config) -> exit status``).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "gateway.commands.fsck",
+    "gateway.commands.stats",
+    "gateway.commands.db",
+    "gateway.commands.gc",
+    "gateway.commands.keys",
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -52,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 9000)")
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
-    serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    serve.add_argument("--log-level", help="logging level (default: log.level from the config, INFO)")
 
     admin = sub.add_parser("admin", help="manage users and access keys", description="Manage users and keys.")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="ADMIN_COMMAND")
@@ -85,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "tls_key": getattr(args, "tls_key", None),
         },
         storage={"data_dir": args.data_dir},
+        log={"level": getattr(args, "log_level", None)},
     )
 
 
@@ -101,8 +108,13 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
 
 async def _serve(config: Config) -> None:
     from gateway.app import build_app
+    from gateway.observability.logging import configure_logging
     from gateway.runtime import Runtime
 
+    try:
+        configure_logging(config.log)  # JSON (or text) lines, secrets redacted
+    except ValueError as exc:
+        raise SystemExit(f"strata: configuration error: {exc}") from None
     rt = await Runtime.open(config)
     generated = await rt.identities.bootstrap_root(config.root)
     if generated is not None:
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, str(getattr(args, "log_level", "INFO")).upper(), logging.INFO),
+        level=getattr(logging, str(getattr(args, "log_level", None) or "INFO").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )

@@ -81,7 +81,9 @@ class MetaConfig:
 @dataclass(frozen=True)
 class RedisConfig:
     """The shared cache (version lookups, manifests, share tokens). No URL: an in-process
-    LRU. The cache is an accelerator only: when Redis is unreachable answers stay correct."""
+    LRU for the embedded default, and no cache at all with ``meta.dsns`` (several processes
+    share that store, and a process-local cache would serve stale versions). The cache is an
+    accelerator only: when Redis is unreachable answers stay correct."""
 
     url: str | None = field(default=None, repr=False)
     prefix: str = "strata:"

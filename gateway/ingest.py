@@ -94,7 +94,9 @@ class _Session:
         self.ids.extend(ids)
         self.lengths.extend(len(c) for c in data)
         candidates = list({i for i in ids if i not in self.seen})
-        known = await ing.meta.lookup_chunks(candidates) if candidates else {}
+        # Chunks gc condemned count as misses (stored again); the commit revives any reused
+        # chunk gc condemns meanwhile, or fails if gc swept it (MetadataStore.put_object).
+        known = await ing.meta.lookup_chunks(candidates, live_only=True) if candidates else {}
         fresh: Fresh = []
         for cid, chunk in zip(ids, data, strict=True):
             if cid in self.seen or cid in known:
@@ -143,12 +145,16 @@ class Ingestor:
         kek: KEKProvider,
         pool: Executor,
         config: StorageConfig,
+        on_ingest: Callable[[int, int], None] | None = None,
     ) -> None:
+        """``on_ingest(size, reused)`` is told of every completed ingest: its payload bytes,
+        and how many of them were in chunks already stored (dedup savings)."""
         self.backend = backend
         self.meta = meta
         self.kek = kek
         self.pool = pool
         self.config = config
+        self.on_ingest = on_ingest
         self.params = ChunkerParams(config.chunk_min, config.chunk_avg, config.chunk_max)
         # Batches being cut, sealed and written at once, across all uploads: bounds the
         # memory of many concurrent uploads (each also holds at most ~2 batches + a carry).
@@ -220,6 +226,8 @@ class Ingestor:
                 await reader
             await session.abort()
             raise
+        if self.on_ingest is not None:
+            self.on_ingest(size, session.dedup_bytes)
         return IngestResult(
             Manifest(tuple(session.ids), tuple(session.lengths)),
             size,

@@ -12,18 +12,21 @@ import os
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from crypto import KEKProvider, LocalKeyring
+from crypto import KEKProvider
 from gateway.backends.base import BlobBackend
-from gateway.backends.factory import open_backend
+from gateway.backends.factory import backend_jobs, open_backend
 from gateway.cache import CachedMetadataStore, open_cache
 from gateway.config import Config
-from gateway.events import EventSink, open_sink
+from gateway.events import EventSink, OutboxRelay, open_sink
 from gateway.identity import Identities
 from gateway.ingest import Ingestor
+from gateway.kek import close_kek, open_kek
 from gateway.meta.factory import open_store
-from gateway.meta.store import MetadataStore
+from gateway.meta.store import MaintenanceStore, MetadataStore
+from gateway.observability.audit import AuditLog
+from gateway.observability.metrics import Metrics, refresh_storage
 from gateway.readpath import ChunkReader
 
 
@@ -38,13 +41,17 @@ class Runtime:
     ingestor: Ingestor
     reader: ChunkReader
     events: EventSink
+    metrics: Metrics
+    audit: AuditLog
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @classmethod
     async def open(cls, config: Config) -> Runtime:
         kek, store = await open_metadata(config)
         meta = CachedMetadataStore(store, open_cache(config))
-        backend = open_backend(config)
+        metrics = Metrics()
+        metrics.watch_pool(lambda: meta.pool_usage())
+        backend = open_backend(config, metrics)  # metrics observe backend requests and breaker
         workers = config.storage.workers or (os.cpu_count() or 2)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cpu")
         return cls(
@@ -54,26 +61,42 @@ class Runtime:
             kek=kek,
             pool=pool,
             identities=Identities(meta, kek),
-            ingestor=Ingestor(backend, meta, kek, pool, config.storage),
+            ingestor=Ingestor(backend, meta, kek, pool, config.storage, on_ingest=metrics.ingested),
             events=open_sink(config),
             reader=ChunkReader(
                 backend, meta, kek, pool, config.storage.read_ahead, run_bytes=config.storage.read_run
             ),
+            metrics=metrics,
+            audit=AuditLog(meta, metrics, enabled=config.log.audit),
         )
 
     async def start(self) -> None:
         """Start the background jobs of a serving process (called once the app runs)."""
+        self.spawn(self.audit.run())
+        self.spawn(refresh_storage(self.metrics, self.meta, self.config.storage.data_dir))
+        for job in backend_jobs(self.backend):  # replication to the replica backend
+            self.spawn(job)
+        if self.config.kafka.bootstrap:  # publish the outbox to Kafka
+            self.spawn(OutboxRelay(self.meta, self.events, self.config).run())
+        from gateway.maintenance import gc, keys
+
+        self.spawn(keys.follow_keyring(self.kek))  # new wraps use the version `keys rotate` adds
+        if self.config.gc.interval_seconds > 0:  # scheduled garbage collection
+            meta = cast(MaintenanceStore, self.meta)
+            self.spawn(gc.run_periodically(meta, self.backend, self.kek, self.pool, self.config))
 
     def spawn(self, job: Coroutine[Any, Any, Any]) -> None:
         """Run ``job`` in the background until :meth:`close` cancels it."""
         self.tasks.append(asyncio.ensure_future(job))
 
     async def close(self) -> None:
+        await self.audit.close()  # before the store closes: writes the queued records
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.meta.close()
         await self.backend.close()
+        await close_kek(self.kek)
         self.pool.shutdown(wait=True)
 
 
@@ -82,5 +105,5 @@ async def open_metadata(config: Config) -> tuple[KEKProvider, MetadataStore]:
     beside a running server (unlike the blob backend, which clears stale temp files)."""
     data_dir = config.storage.data_dir
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    kek = LocalKeyring.open_or_create(data_dir / "keyring.json")
+    kek = await open_kek(config)
     return kek, await open_store(config)

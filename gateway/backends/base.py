@@ -7,12 +7,22 @@ then nothing is visible under the name, and ``abort`` leaves nothing behind.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 
 class BackendUnavailable(Exception):
     """The backend cannot serve requests now (retries exhausted, or its circuit breaker is
     open). Clients get 503 SlowDown and retry; nothing was committed."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A committed blob as a listing shows it (gc deletes unindexed blobs older than its grace)."""
+
+    name: str
+    size: int
+    modified: float  # epoch seconds of the commit (local: the file's mtime; S3: LastModified)
 
 
 class BlobWriter(Protocol):
@@ -28,6 +38,7 @@ class BlobBackend(Protocol):
     async def size(self, name: str) -> int: ...
     async def delete(self, name: str) -> None: ...
     def list(self, prefix: str = "") -> AsyncIterator[str]: ...
+    def list_info(self, prefix: str = "") -> AsyncIterator[BlobInfo]: ...  # committed blobs, by name
     async def close(self) -> None: ...
 
 

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from gateway.backends.base import BlobInfo
+
 T = TypeVar("T")
 IOV_MAX = 1024  # buffers per writev call (Linux UIO_MAXIOV)
 INLINE_READ = 64 * 1024  # reads up to this size run on the event loop
@@ -83,11 +85,13 @@ class LocalBlobWriter:
 class LocalBlobBackend:
     """Blobs as files under ``root``; temp files under ``root/.tmp``."""
 
-    def __init__(self, root: Path, io_threads: int = 4) -> None:
+    def __init__(self, root: Path, io_threads: int = 4, clear_stale: bool = True) -> None:
+        """``clear_stale=False`` for admin commands beside a live gateway, whose in-flight
+        uploads own the temp files."""
         self.root = root.resolve()
         self._tmpdir = root / ".tmp"
         self._tmpdir.mkdir(parents=True, exist_ok=True)
-        for stale in self._tmpdir.iterdir():  # left by a crash mid-upload: never visible
+        for stale in self._tmpdir.iterdir() if clear_stale else ():  # left by a crash mid-upload
             stale.unlink(missing_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-io")
 
@@ -131,19 +135,34 @@ class LocalBlobBackend:
         await self.run(lambda: path.unlink(missing_ok=True))
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
-        def walk() -> list[str]:
-            out = []
-            for dirpath, dirnames, filenames in os.walk(self.root):
-                dirnames[:] = [d for d in dirnames if d != ".tmp"]
-                rel = os.path.relpath(dirpath, self.root)
-                for f in filenames:
-                    name = f if rel == "." else f"{rel}/{f}"
-                    if name.startswith(prefix):
-                        out.append(name)
-            return sorted(out)
-
-        for name in await self.run(walk):
+        for name in await self.run(lambda: self._walk(prefix)):
             yield name
+
+    async def list_info(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
+        def stat(name: str) -> BlobInfo | None:
+            try:
+                st = os.stat(self._path(name))
+            except FileNotFoundError:  # deleted since the walk
+                return None
+            return BlobInfo(name, st.st_size, st.st_mtime)
+
+        names = await self.run(lambda: self._walk(prefix))
+        for i in range(0, len(names), 256):  # one thread hop per 256 stats
+            for info in await self.run(lambda batch=names[i : i + 256]: [stat(n) for n in batch]):
+                if info is not None:
+                    yield info
+
+    def _walk(self, prefix: str) -> list[str]:
+        """Names of the committed blobs starting with ``prefix``, sorted (temp files excluded)."""
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if d != ".tmp"]
+            rel = os.path.relpath(dirpath, self.root)
+            for f in filenames:
+                name = f if rel == "." else f"{rel}/{f}"
+                if name.startswith(prefix):
+                    out.append(name)
+        return sorted(out)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)

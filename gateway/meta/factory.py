@@ -4,12 +4,21 @@
 from __future__ import annotations
 
 from gateway.config import Config
+from gateway.meta.postgres import PostgresMetadataStore
 from gateway.meta.sqlite import SqliteMetadataStore
 from gateway.meta.store import MetadataStore
 
 
+def make_store(config: Config) -> MetadataStore:
+    """The configured store, not yet opened."""
+    if config.meta.dsns:
+        return PostgresMetadataStore(config.meta)
+    return SqliteMetadataStore(config.storage.data_dir / "meta.sqlite")
+
+
 async def open_store(config: Config) -> MetadataStore:
-    """An opened store (schema checked or migrated)."""
-    store = SqliteMetadataStore(config.storage.data_dir / "meta.sqlite")
+    """An opened store: SQLite migrates itself; PostgreSQL checks every shard's schema and
+    refuses to open one that ``strata db migrate`` has not brought up to date."""
+    store = make_store(config)
     await store.open()
     return store

@@ -138,3 +138,85 @@ class WriteCondition:
                 raise S3Error("NoSuchKey")
             if self.if_match != "*" and self.if_match.strip('"') != current_etag:
                 raise S3Error("PreconditionFailed", Condition="If-Match")
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited request (every mutation and every object download): who did what to
+    which resource, from where, and how it ended. ``seq`` is assigned by the store."""
+
+    time: float  # epoch seconds when the request arrived
+    request_id: str
+    user: str | None  # None when the request was not authenticated
+    access_key: str | None  # the access key id (never the secret)
+    action: str  # the S3 operation, e.g. PutObject
+    bucket: str | None
+    key: str | None
+    version_id: str | None
+    ip: str | None
+    user_agent: str | None
+    status: int
+    seq: int = 0
+
+    def to_event(self) -> dict[str, object]:
+        """The outbox body of this record (``"kind": "audit"``; the relay publishes it to the
+        default topic). Every store writes this same shape."""
+        return {
+            "kind": "audit",
+            "time": self.time,
+            "requestId": self.request_id,
+            "user": self.user,
+            "accessKeyId": self.access_key,
+            "action": self.action,
+            "bucket": self.bucket,
+            "key": self.key,
+            "versionId": self.version_id,
+            "ip": self.ip,
+            "userAgent": self.user_agent,
+            "status": self.status,
+        }
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """How busy the store's connections are (exported as ``metadata_pool_*`` gauges).
+
+    SQLite: its one writer connection (``in_use`` 1 while a write group commits) and the
+    writes queued behind it. PostgreSQL: asyncpg connections checked out, and the pools'
+    maximum size, summed over shards."""
+
+    in_use: int
+    size: int
+    waiting: int = 0
+
+
+@dataclass(frozen=True)
+class IndexedChunk:
+    """A chunk index row as garbage collection sees it."""
+
+    chunk_id: bytes
+    pack_id: str
+    length: int  # record bytes in the pack
+    created: float
+    condemned_at: float | None  # set by gc when no manifest referenced the chunk
+
+
+@dataclass(frozen=True)
+class PackUsage:
+    """A pack and how much of it the chunk index still points at."""
+
+    pack: PackRecord
+    created: float
+    retired_at: float | None  # no chunk row points here any more; the blob goes after the grace
+    live_chunks: int
+    live_bytes: int  # record bytes of the chunk rows that point into the pack
+
+
+@dataclass(frozen=True)
+class ChunkMove:
+    """A record copied by a repack: the row moves only if it still points at the old copy."""
+
+    chunk_id: bytes
+    old_pack_id: str
+    old_offset: int
+    location: ChunkLocation

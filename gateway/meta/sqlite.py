@@ -26,17 +26,24 @@ from gateway.meta.keyorder import prefix_successor
 from gateway.meta.models import (
     NULL_VERSION,
     AccessKey,
+    AuditRecord,
     Bucket,
+    ChunkMove,
     DeleteOutcome,
+    IndexedChunk,
     ListedObject,
     MultipartUpload,
+    NewChunk,
     ObjectVersion,
     PackRecord,
+    PackUsage,
     Part,
+    PoolUsage,
     StagedData,
     User,
     WriteCondition,
 )
+from gateway.meta.store import StorageStats, WrappedKeyKind
 from gateway.s3.errors import S3Error
 
 T = TypeVar("T")
@@ -85,6 +92,27 @@ CREATE TABLE IF NOT EXISTS outbox (
 # Append new versions; never edit an applied one.
 MIGRATIONS: dict[int, str] = {
     1: _SCHEMA_V1,
+    2: """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, request_id TEXT NOT NULL,
+    user TEXT, access_key TEXT, action TEXT NOT NULL, bucket TEXT, key TEXT, version_id TEXT,
+    ip TEXT, user_agent TEXT, status INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit (time);
+""",  # the audit log (gateway/observability/audit.py)
+    3: """
+ALTER TABLE chunks ADD COLUMN condemned_at REAL;
+ALTER TABLE packs ADD COLUMN retired_at REAL;
+CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks (pack_id, offset);
+CREATE TABLE IF NOT EXISTS pack_tombstones (
+    pack_id TEXT PRIMARY KEY, deleted REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS maintenance_jobs (
+    name TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL) WITHOUT ROWID;
+""",  # gc (condemned chunks, retired and deleted packs) and key jobs (gateway/maintenance/)
+    5: """
+CREATE TABLE IF NOT EXISTS relay_state (
+    shard INTEGER PRIMARY KEY, cursor INTEGER NOT NULL DEFAULT 0, owner TEXT,
+    expires REAL NOT NULL DEFAULT 0);
+""",  # the event relay's cursor and lease (gateway/events.py)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -178,8 +206,31 @@ def _prefix_range(prefix: str) -> tuple[str, list[Any]]:
     return " AND key >= ? AND key < ?", [prefix, upper]
 
 
+_REVIVE = "UPDATE chunks SET condemned_at=NULL WHERE condemned_at IS NOT NULL AND chunk_id IN ({})"
+
+
+def _pack_record(row: tuple[Any, ...]) -> PackRecord:
+    """A pack row's first five columns: pack_id, kek_id, kek_version, wrapped_dek, size."""
+    return PackRecord(row[0], WrappedKey(row[1], row[2], row[3]), row[4])
+
+
+def _in_batches(
+    c: sqlite3.Connection, sql: str, values: list[Any], params: tuple[Any, ...] = (), batch: int = 500
+) -> list[Any]:
+    """Run ``sql`` (``params``, then one ``IN ({})`` placeholder) over ``values`` in batches;
+    the first column of every row returned (nothing for statements that return no rows)."""
+    out: list[Any] = []
+    for i in range(0, len(values), batch):
+        part = values[i : i + batch]
+        out += [r[0] for r in c.execute(sql.format(",".join("?" * len(part))), (*params, *part)).fetchall()]
+    return out
+
+
 def _event(name: str, bucket: str, key: str, **detail: Any) -> str:
     return json.dumps({"eventName": name, "bucket": bucket, "key": key, "time": time.time(), **detail})
+
+
+outbox_event = _event  # the object-change event JSON, shared with the PostgreSQL store
 
 
 class SqliteMetadataStore:
@@ -376,17 +427,21 @@ class SqliteMetadataStore:
 
     # -- objects ------------------------------------------------------------------------
     @staticmethod
-    def _index(c: sqlite3.Connection, staged: StagedData) -> None:
+    def _index(c: sqlite3.Connection, staged: StagedData) -> tuple[int, int]:
+        """Insert the packs' and chunks' rows (existing rows are kept); returns how many of
+        each were new."""
         now = time.time()
-        c.executemany(
-            "INSERT OR IGNORE INTO packs VALUES (?,?,?,?,?,?)",
+        packs = c.executemany(
+            "INSERT OR IGNORE INTO packs (pack_id, kek_id, kek_version, wrapped_dek, size, created) "
+            "VALUES (?,?,?,?,?,?)",
             [
                 (p.pack_id, p.wrapped_dek.kek_id, p.wrapped_dek.kek_version, p.wrapped_dek.blob, p.size, now)
                 for p in staged.packs
             ],
-        )
-        c.executemany(
-            "INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?,?,?)",
+        ).rowcount
+        chunks = c.executemany(
+            "INSERT OR IGNORE INTO chunks (chunk_id, pack_id, offset, length, plain_len, flags, created) "
+            "VALUES (?,?,?,?,?,?,?)",
             [
                 (
                     n.chunk_id,
@@ -399,7 +454,23 @@ class SqliteMetadataStore:
                 )
                 for n in staged.chunks
             ],
-        )
+        ).rowcount
+        return max(packs, 0), max(chunks, 0)
+
+    @staticmethod
+    def _claim(c: sqlite3.Connection, staged: StagedData, manifest: Manifest) -> None:
+        """In a commit that makes ``manifest`` visible: revive every chunk it names (and every
+        pack it wrote) that gc condemned or retired, and fail, committing nothing, if gc
+        already swept one. So a dedup hit racing gc either keeps its chunks or is refused
+        with a retryable error; an acknowledged object never points at swept data."""
+        packs = [p.pack_id for p in staged.packs]
+        if _in_batches(c, "SELECT pack_id FROM pack_tombstones WHERE pack_id IN ({})", packs):
+            raise S3Error("SlowDown", "A pack of this upload was garbage-collected meanwhile; retry.")
+        _in_batches(c, "UPDATE packs SET retired_at=NULL WHERE pack_id IN ({})", packs)
+        ids = list(dict.fromkeys(manifest.chunk_ids))
+        if len(_in_batches(c, "SELECT chunk_id FROM chunks WHERE chunk_id IN ({})", ids)) != len(ids):
+            raise S3Error("SlowDown", "A chunk this upload reuses was garbage-collected meanwhile; retry.")
+        _in_batches(c, _REVIVE, ids)
 
     @staticmethod
     def _latest(c: sqlite3.Connection, bucket: str, key: str) -> tuple[str, str, int] | None:
@@ -447,6 +518,7 @@ class SqliteMetadataStore:
             if not c.execute("SELECT 1 FROM buckets WHERE name=?", (version.bucket,)).fetchone():
                 raise S3Error("NoSuchBucket", BucketName=version.bucket)
             self._index(c, staged)
+            self._claim(c, staged, version.manifest)
             self._put_version(c, version, event, condition)
 
         await self._write(tx)
@@ -627,6 +699,7 @@ class SqliteMetadataStore:
             if not c.execute("SELECT 1 FROM uploads WHERE upload_id=?", (upload_id,)).fetchone():
                 raise S3Error("NoSuchUpload", UploadId=upload_id)
             self._index(c, staged)
+            self._claim(c, staged, part.manifest)
             c.execute(
                 "INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?,?,?)",
                 (
@@ -673,9 +746,12 @@ class SqliteMetadataStore:
         return await self._write(tx)
 
     # -- chunk index and packs ----------------------------------------------------------
-    async def lookup_chunks(self, chunk_ids: list[bytes]) -> dict[bytes, ChunkLocation]:
+    async def lookup_chunks(
+        self, chunk_ids: list[bytes], *, live_only: bool = False
+    ) -> dict[bytes, ChunkLocation]:
         if not chunk_ids:
             return {}
+        live = " AND condemned_at IS NULL" if live_only else ""
 
         def run(c: sqlite3.Connection) -> dict[bytes, ChunkLocation]:
             found: dict[bytes, ChunkLocation] = {}
@@ -683,7 +759,7 @@ class SqliteMetadataStore:
                 batch = chunk_ids[i : i + 500]
                 rows = c.execute(
                     "SELECT chunk_id, pack_id, offset, length, plain_len, flags FROM chunks "
-                    f"WHERE chunk_id IN ({','.join('?' * len(batch))})",
+                    f"WHERE chunk_id IN ({','.join('?' * len(batch))}){live}",
                     batch,
                 ).fetchall()
                 for r in rows:
@@ -701,11 +777,341 @@ class SqliteMetadataStore:
         )
         return None if row is None else PackRecord(row[0], WrappedKey(row[1], row[2], row[3]), row[4])
 
+    # -- maintenance scans --------------------------------------------------------------
+    async def scan_versions(self, after: tuple[str, str, str] | None, limit: int) -> list[ObjectVersion]:
+        sql = f"SELECT {_OBJECT_COLS} FROM objects"
+        params: list[Any] = []
+        if after is not None:
+            sql += " WHERE (bucket, key, version_id) > (?, ?, ?)"
+            params += after
+        sql += " ORDER BY bucket, key, version_id LIMIT ?"
+        rows = await self._read(lambda c: c.execute(sql, [*params, limit]).fetchall())
+        return [_row_to_version(r) for r in rows]
+
+    async def scan_parts(
+        self, after: tuple[str, int] | None, limit: int
+    ) -> list[tuple[MultipartUpload, Part]]:
+        cols = ", ".join(f"u.{col.strip()}" for col in self._UPLOAD_COLS.split(","))
+        sql = (
+            f"SELECT {cols}, p.part_number, p.size, p.etag, p.last_modified, p.manifest, p.checksum "
+            "FROM parts p JOIN uploads u ON u.upload_id = p.upload_id"
+        )
+        params: list[Any] = []
+        if after is not None:
+            sql += " WHERE (p.upload_id, p.part_number) > (?, ?)"
+            params += after
+        sql += " ORDER BY p.upload_id, p.part_number LIMIT ?"
+        rows = await self._read(lambda c: c.execute(sql, [*params, limit]).fetchall())
+        n = len(self._UPLOAD_COLS.split(","))
+        return [
+            (
+                self._row_to_upload(r[:n]),
+                Part(r[n], r[n + 1], r[n + 2], r[n + 3], Manifest.decode(r[n + 4]), json.loads(r[n + 5])),
+            )
+            for r in rows
+        ]
+
+    async def restore_index(self, staged: StagedData) -> tuple[int, int]:
+        return await self._write(lambda c: self._index(c, staged))
+
+    async def storage_stats(self) -> StorageStats:
+        def run(c: sqlite3.Connection) -> StorageStats:
+            c.execute("BEGIN")  # one snapshot for every aggregate
+            try:
+                versions = c.execute(
+                    "SELECT COALESCE(SUM(delete_marker = 0), 0), COALESCE(SUM(delete_marker), 0), "
+                    "COALESCE(SUM(size), 0), COALESCE(SUM(CASE WHEN latest = 1 AND delete_marker = 0 "
+                    "THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN latest = 1 AND delete_marker = 0 "
+                    "THEN size ELSE 0 END), 0) FROM objects"
+                ).fetchone()
+                by_class = c.execute(
+                    "SELECT storage_class, SUM(size) FROM objects WHERE delete_marker = 0 "
+                    "GROUP BY storage_class"
+                ).fetchall()
+                parts = c.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM parts").fetchone()
+                chunks = c.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(plain_len), 0), COALESCE(SUM(length), 0) FROM chunks"
+                ).fetchone()
+                packs = c.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM packs").fetchone()
+            finally:
+                c.execute("COMMIT")
+            return StorageStats(
+                objects=versions[3],
+                versions=versions[0],
+                delete_markers=versions[1],
+                version_bytes=versions[2],
+                current_bytes=versions[4],
+                parts=parts[0],
+                part_bytes=parts[1],
+                chunks=chunks[0],
+                chunk_plain_bytes=chunks[1],
+                chunk_stored_bytes=chunks[2],
+                packs=packs[0],
+                pack_bytes=packs[1],
+                bytes_by_class={name: total for name, total in by_class},
+            )
+
+        return await self._read(run)
+
+    # -- garbage collection and key jobs (MaintenanceStore) -----------------------------
+    async def scan_chunks(self, after: bytes | None, limit: int) -> list[IndexedChunk]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT chunk_id, pack_id, length, created, condemned_at FROM chunks "
+                "WHERE chunk_id > ? ORDER BY chunk_id LIMIT ?",
+                (after or b"", limit),
+            ).fetchall()
+        )
+        return [IndexedChunk(*r) for r in rows]
+
+    async def condemn_chunks(self, chunk_ids: list[bytes], at: float) -> int:
+        sql = "UPDATE chunks SET condemned_at=? WHERE condemned_at IS NULL AND chunk_id IN ({}) RETURNING 1"
+        return await self._write(lambda c: len(_in_batches(c, sql, chunk_ids, (at,))))
+
+    async def revive_chunks(self, chunk_ids: list[bytes]) -> int:
+        return await self._write(lambda c: len(_in_batches(c, _REVIVE + " RETURNING 1", chunk_ids)))
+
+    async def sweep_chunks(self, chunk_ids: list[bytes], condemned_before: float) -> tuple[int, int]:
+        sql = "DELETE FROM chunks WHERE condemned_at < ? AND chunk_id IN ({}) RETURNING length"
+
+        def tx(c: sqlite3.Connection) -> tuple[int, int]:
+            lengths = _in_batches(c, sql, chunk_ids, (condemned_before,))
+            return len(lengths), sum(lengths)
+
+        return await self._write(tx)
+
+    _PACK_COLS = "p.pack_id, p.kek_id, p.kek_version, p.wrapped_dek, p.size, p.created, p.retired_at"
+
+    async def scan_pack_usage(self, after: str | None, limit: int) -> list[PackUsage]:
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {self._PACK_COLS}, "
+                "(SELECT COUNT(*) FROM chunks WHERE chunks.pack_id = p.pack_id), "
+                "(SELECT COALESCE(SUM(length), 0) FROM chunks WHERE chunks.pack_id = p.pack_id) "
+                "FROM packs p WHERE p.pack_id > ? ORDER BY p.pack_id LIMIT ?",
+                (after or "", limit),
+            ).fetchall()
+        )
+        return [PackUsage(_pack_record(r), r[5], r[6], r[7], r[8]) for r in rows]
+
+    async def pack_chunks(self, pack_id: str, after_offset: int, limit: int) -> list[NewChunk]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT chunk_id, pack_id, offset, length, plain_len, flags FROM chunks "
+                "WHERE pack_id=? AND offset>? ORDER BY offset LIMIT ?",
+                (pack_id, after_offset, limit),
+            ).fetchall()
+        )
+        return [NewChunk(r[0], ChunkLocation(*r[1:])) for r in rows]
+
+    async def retire_packs(self, pack_ids: list[str], at: float) -> list[str]:
+        sql = (
+            "UPDATE packs SET retired_at=? WHERE retired_at IS NULL AND pack_id IN ({}) "
+            "AND NOT EXISTS (SELECT 1 FROM chunks WHERE chunks.pack_id = packs.pack_id) RETURNING pack_id"
+        )
+        return await self._write(lambda c: _in_batches(c, sql, pack_ids, (at,)))
+
+    async def delete_retired_packs(self, retired_before: float, limit: int) -> list[PackRecord]:
+        def tx(c: sqlite3.Connection) -> list[PackRecord]:
+            rows = c.execute(
+                "DELETE FROM packs WHERE pack_id IN (SELECT pack_id FROM packs WHERE retired_at < ? "
+                "AND NOT EXISTS (SELECT 1 FROM chunks WHERE chunks.pack_id = packs.pack_id) LIMIT ?) "
+                "RETURNING pack_id, kek_id, kek_version, wrapped_dek, size",
+                (retired_before, limit),
+            ).fetchall()
+            now = time.time()
+            c.executemany("INSERT OR IGNORE INTO pack_tombstones VALUES (?, ?)", [(r[0], now) for r in rows])
+            return [_pack_record(r) for r in rows]
+
+        return await self._write(tx)
+
+    async def tombstone_orphans(self, pack_ids: list[str], at: float) -> list[str]:
+        def tx(c: sqlite3.Connection) -> list[str]:
+            rowed = set(_in_batches(c, "SELECT pack_id FROM packs WHERE pack_id IN ({})", pack_ids))
+            orphans = [p for p in pack_ids if p not in rowed]
+            c.executemany("INSERT OR IGNORE INTO pack_tombstones VALUES (?, ?)", [(p, at) for p in orphans])
+            return orphans
+
+        return await self._write(tx)
+
+    async def prune_tombstones(self, before: float) -> int:
+        return await self._write(
+            lambda c: c.execute("DELETE FROM pack_tombstones WHERE deleted < ?", (before,)).rowcount
+        )
+
+    async def repoint_chunks(self, pack: PackRecord, moves: list[ChunkMove]) -> int:
+        def tx(c: sqlite3.Connection) -> int:
+            self._index(c, StagedData([pack], []))
+            moved = 0
+            for m in moves:
+                loc = m.location
+                moved += c.execute(
+                    "UPDATE chunks SET pack_id=?, offset=?, length=?, flags=? "
+                    "WHERE chunk_id=? AND pack_id=? AND offset=?",
+                    (loc.pack_id, loc.offset, loc.length, loc.flags, m.chunk_id, m.old_pack_id, m.old_offset),
+                ).rowcount
+            return moved
+
+        return await self._write(tx)
+
+    # (table, id column, wrapped-key column) of each kind of row that holds a wrapped key
+    _WRAPPED: dict[str, tuple[str, str, str]] = {
+        "pack": ("packs", "pack_id", "wrapped_dek"),
+        "user": ("users", "name", "dedup_key"),
+        "access_key": ("access_keys", "access_key", "secret"),
+    }
+
+    async def scan_wrapped_keys(
+        self, kind: WrappedKeyKind, kek_id: str, below_version: int, after: str | None, limit: int
+    ) -> list[tuple[str, WrappedKey]]:
+        table, id_col, blob_col = self._WRAPPED[kind]
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {id_col}, kek_id, kek_version, {blob_col} FROM {table} "
+                f"WHERE kek_id=? AND kek_version<? AND {id_col}>? ORDER BY {id_col} LIMIT ?",
+                (kek_id, below_version, after or "", limit),
+            ).fetchall()
+        )
+        return [(r[0], WrappedKey(r[1], r[2], r[3])) for r in rows]
+
+    async def rewrap_keys(self, kind: WrappedKeyKind, rows: list[tuple[str, WrappedKey, WrappedKey]]) -> int:
+        table, id_col, blob_col = self._WRAPPED[kind]
+
+        def tx(c: sqlite3.Connection) -> int:
+            return sum(
+                c.execute(
+                    f"UPDATE {table} SET kek_id=?, kek_version=?, {blob_col}=? "
+                    f"WHERE {id_col}=? AND kek_id=? AND kek_version=? AND {blob_col}=?",
+                    (new.kek_id, new.kek_version, new.blob, row_id, old.kek_id, old.kek_version, old.blob),
+                ).rowcount
+                for row_id, old, new in rows
+            )
+
+        return await self._write(tx)
+
+    async def get_job(self, name: str) -> dict[str, Any] | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT state FROM maintenance_jobs WHERE name=?", (name,)).fetchone()
+        )
+        return None if row is None else json.loads(row[0])
+
+    async def put_job(self, name: str, state: dict[str, Any] | None) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            if state is None:
+                c.execute("DELETE FROM maintenance_jobs WHERE name=?", (name,))
+            else:
+                row = (name, json.dumps(state), time.time())
+                c.execute("INSERT OR REPLACE INTO maintenance_jobs VALUES (?, ?, ?)", row)
+
+        await self._write(tx)
+
     # -- event outbox -------------------------------------------------------------------
-    async def read_outbox(self, after: int, limit: int) -> list[OutboxEvent]:
+    async def outbox_shards(self) -> int:
+        return 1
+
+    async def read_outbox(self, after: int, limit: int, shard: int = 0) -> list[OutboxEvent]:
+        if shard != 0:
+            raise ValueError(f"no outbox shard {shard} (there is 1)")
         rows = await self._read(
             lambda c: c.execute(
                 "SELECT seq, created, event FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
             ).fetchall()
         )
         return [OutboxEvent.from_row(*r) for r in rows]
+
+    # -- event relay: cursor and lease (one row per outbox shard) -----------------------
+    async def get_relay_cursor(self, shard: int) -> int:
+        row = await self._read(
+            lambda c: c.execute("SELECT cursor FROM relay_state WHERE shard=?", (shard,)).fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    async def advance_relay_cursor(self, shard: int, seq: int) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO relay_state (shard, cursor) VALUES (?, ?) "
+                "ON CONFLICT (shard) DO UPDATE SET cursor = MAX(cursor, excluded.cursor)",
+                (shard, seq),
+            )
+        )
+
+    async def claim_relay(self, shard: int, owner: str, ttl_seconds: float) -> bool:
+        """Take the shard's lease if it is free, expired or already ours; renew it."""
+
+        def tx(c: sqlite3.Connection) -> bool:
+            now = time.time()
+            cur = c.execute(
+                "INSERT INTO relay_state (shard, owner, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT (shard) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "
+                "WHERE relay_state.owner IS NULL OR relay_state.owner = excluded.owner "
+                "OR relay_state.expires < ?",
+                (shard, owner, now + ttl_seconds, now),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(tx)
+
+    async def release_relay(self, shard: int, owner: str) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "UPDATE relay_state SET owner = NULL, expires = 0 WHERE shard=? AND owner=?", (shard, owner)
+            )
+        )
+
+    async def trim_outbox(self, shard: int, before: int, limit: int) -> int:
+        """Delete up to ``limit`` outbox rows with seq < ``before`` that the relay published."""
+        return await self._write(
+            lambda c: c.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq < ? AND seq <= "
+                "(SELECT COALESCE(MAX(cursor), 0) FROM relay_state WHERE shard=?) ORDER BY seq LIMIT ?)",
+                (before, shard, limit),
+            ).rowcount
+        )
+
+    # -- audit log ----------------------------------------------------------------------
+    _AUDIT_COLS = (
+        "time, request_id, user, access_key, action, bucket, key, version_id, ip, user_agent, status"
+    )
+
+    async def append_audit(self, records: list[AuditRecord]) -> None:
+        if not records:
+            return
+
+        def tx(c: sqlite3.Connection) -> None:
+            c.executemany(
+                f"INSERT INTO audit ({self._AUDIT_COLS}) VALUES ({','.join('?' * 11)})",
+                [
+                    (r.time, r.request_id, r.user, r.access_key, r.action, r.bucket, r.key,
+                     r.version_id, r.ip, r.user_agent, r.status)
+                    for r in records
+                ],
+            )  # fmt: skip
+            now = time.time()
+            c.executemany(
+                "INSERT INTO outbox (created, event) VALUES (?, ?)",
+                [(now, json.dumps(r.to_event())) for r in records],
+            )
+
+        await self._write(tx)
+
+    async def read_audit(self, after: int, limit: int) -> list[AuditRecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {self._AUDIT_COLS}, seq FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        )
+        return [AuditRecord(*r) for r in rows]
+
+    # -- health -------------------------------------------------------------------------
+    async def ping(self) -> None:
+        """A read on the reader and an (empty) write transaction through the writer's group
+        commit: fails or hangs when the file is unreadable, or locked by another process."""
+        await self._read(lambda c: c.execute("SELECT version FROM schema_version").fetchone())
+        await self._write(lambda c: c.execute("SELECT 1").fetchone())
+
+    def pool_usage(self) -> PoolUsage:
+        """The one writer connection: busy while a write group commits; ``waiting`` writes
+        are queued for the next group."""
+        busy = self._flusher is not None and not self._flusher.done()
+        return PoolUsage(in_use=int(busy), size=1, waiting=len(self._queue))

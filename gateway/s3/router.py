@@ -6,13 +6,25 @@ Operations that exist in S3 but that Strata does not implement yet answer
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
 from gateway.runtime import Runtime
 from gateway.s3.errors import S3Error
-from gateway.s3.handlers import acl, buckets, copy, cors, listing, multipart, objects, tagging, versioning
+from gateway.s3.handlers import (
+    acl,
+    buckets,
+    copy,
+    cors,
+    listing,
+    multipart,
+    notification,
+    objects,
+    tagging,
+    versioning,
+)
 from gateway.s3.handlers.post_object import is_form_upload, post_object
 from gateway.s3.request import S3Request
 
@@ -53,6 +65,8 @@ _BUCKET: dict[tuple[str, str | None], Handler] = {
     ("PUT", "cors"): cors.put_bucket_cors,
     ("GET", "cors"): cors.get_bucket_cors,
     ("DELETE", "cors"): cors.delete_bucket_cors,
+    ("PUT", "notification"): notification.put_bucket_notification,
+    ("GET", "notification"): notification.get_bucket_notification,
 }
 _OBJECT: dict[tuple[str, str | None], Handler] = {
     ("PUT", None): objects.put_object,
@@ -124,3 +138,38 @@ def route(
             raise S3Error("NotImplemented", f"{method} with ?{sub} is not implemented.")
         raise S3Error("MethodNotAllowed", Method=method, ResourceType="OBJECT" if key else "BUCKET")
     return handler
+
+
+# Operations whose S3 name is not their handler's name in CamelCase (put_object -> PutObject).
+_OPERATION_NAMES = {
+    "list_objects_v1": "ListObjects",
+    "create_upload": "CreateMultipartUpload",
+    "complete_upload": "CompleteMultipartUpload",
+    "abort_upload": "AbortMultipartUpload",
+    "list_uploads": "ListMultipartUploads",
+    "preflight": "CorsPreflight",
+    "put_bucket_notification": "PutBucketNotificationConfiguration",
+    "get_bucket_notification": "GetBucketNotificationConfiguration",
+}
+
+
+@functools.cache
+def _operation(handler_name: str, on_object: bool) -> str:
+    if handler_name == "put_acl":
+        return "PutObjectAcl" if on_object else "PutBucketAcl"
+    return _OPERATION_NAMES.get(handler_name) or "".join(p.capitalize() for p in handler_name.split("_"))
+
+
+def operation_name(
+    method: str, bucket: str | None, key: str | None, query: Mapping[str, str], headers: Mapping[str, str]
+) -> str:
+    """The S3 operation a request asks for (``PutObject``, ``ListObjectsV2``...), whether or
+    not it is authorised: a bounded name for logs, metrics and the audit log.
+    ``Unsupported`` when no handler serves the request."""
+    handler = route_unauthenticated(method, bucket, key, query, headers)
+    if handler is None:
+        try:
+            handler = route(method, bucket, key, query, headers)
+        except S3Error:
+            return "Unsupported"
+    return _operation(handler.__name__, key is not None)

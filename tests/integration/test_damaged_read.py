@@ -1,38 +1,64 @@
-"""A GET whose data turns out to be unreadable after the 200 headers went out: the server
-must cut the connection at once (the client sees a short body), never leave the client
-waiting for bytes that will not come."""
+"""GETs whose data turns out to be unreadable. Before the status line goes out the client
+gets a proper error (500 InternalError); after it (the damage is further into the object)
+the server cuts the connection at once, so the client sees a short body instead of waiting
+for bytes that will never come."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from botocore.exceptions import ClientError
 from support.s3 import make_client
 from support.server import StrataServer
 
+MiB = 1024 * 1024
 
-def test_lost_pack_mid_response_cuts_the_connection(strata_factory: Callable[..., StrataServer]) -> None:
-    server = strata_factory()
+
+def _packs(server: StrataServer) -> set[Path]:
+    return set((server.blobs_dir / "packs").rglob("*.pack"))
+
+
+def test_damage_after_the_headers_cuts_the_connection(strata_factory: Callable[..., StrataServer]) -> None:
+    # small runs and one run of read-ahead: the first piece comes from the first pack only
+    server = strata_factory(extra_env={"STRATA_STORAGE_READ_RUN": "262144", "STRATA_STORAGE_READ_AHEAD": "1"})
     s3: Any = make_client(server)
     s3.create_bucket(Bucket="damaged")
-    s3.put_object(Bucket="damaged", Key="big", Body=os.urandom(6 * 1024 * 1024))
-    packs = list((server.blobs_dir / "packs").rglob("*.pack"))
-    assert packs
-    for pack in packs:
+    shared = os.urandom(12 * MiB)
+    s3.put_object(Bucket="damaged", Key="a", Body=shared)
+    before = _packs(server)
+    s3.put_object(Bucket="damaged", Key="b", Body=shared + os.urandom(4 * MiB))
+    added = _packs(server) - before
+    assert added  # b's own tail went into a pack of its own; its head dedups against a
+    for pack in added:
         pack.unlink()
-    url = s3.generate_presigned_url("get_object", Params={"Bucket": "damaged", "Key": "big"})
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": "damaged", "Key": "b"})
     started = time.monotonic()
-    with pytest.raises(requests.exceptions.RequestException):
-        with requests.get(url, stream=True, timeout=60) as resp:
-            assert resp.status_code == 200  # the headers were already out
-            for _ in resp.iter_content(1 << 16):
-                pass
+    received = 0
+    with pytest.raises(requests.RequestException), requests.get(url, stream=True, timeout=60) as resp:
+        assert resp.status_code == 200
+        for piece in resp.iter_content(1 << 16):
+            received += len(piece)
+    assert 0 < received < 16 * MiB
     assert time.monotonic() - started < 20  # cut promptly, not at the client's read timeout
     assert server.is_running()
-    # the server keeps serving other requests
-    s3.put_object(Bucket="damaged", Key="small", Body=b"fine")
-    assert s3.get_object(Bucket="damaged", Key="small")["Body"].read() == b"fine"
+    assert s3.get_object(Bucket="damaged", Key="a")["Body"].read() == shared  # a is intact
+
+
+def test_damage_at_the_start_is_a_proper_error(strata_factory: Callable[..., StrataServer]) -> None:
+    server = strata_factory()
+    s3: Any = make_client(server)
+    s3.create_bucket(Bucket="lost")
+    s3.put_object(Bucket="lost", Key="big", Body=os.urandom(6 * MiB))
+    for pack in _packs(server):
+        pack.unlink()
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket="lost", Key="big")
+    assert err.value.response["Error"]["Code"] == "InternalError"
+    s3.put_object(Bucket="lost", Key="small", Body=b"fine")  # the server keeps serving
+    assert s3.get_object(Bucket="lost", Key="small")["Body"].read() == b"fine"

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from crypto.kek import WrappedKey
 from dedup.manifest import Manifest
+from dedup.pack import ChunkLocation
 from gateway.cache import CachedMetadataStore, LocalCache, decode_version, encode_version
-from gateway.meta.models import Bucket, ObjectVersion, StagedData
+from gateway.meta.models import Bucket, NewChunk, ObjectVersion, PackRecord, StagedData
 from gateway.meta.sqlite import SqliteMetadataStore
 
-EMPTY = StagedData([], [])
+# the chunk every test version names, indexed by each commit (a commit refuses unindexed chunks)
+STAGED = StagedData(
+    [PackRecord("p1", WrappedKey("local:k", 1, b"w"), 100)],
+    [NewChunk(b"\2" * 32, ChunkLocation("p1", 0, 80, 3, 0))],
+)
 
 
 def _v(key: str, etag: str) -> ObjectVersion:
@@ -42,13 +48,13 @@ def test_version_codec_roundtrip() -> None:
 
 async def test_reads_are_cached_and_writes_invalidate(stores) -> None:
     inner, cached, _cache = stores
-    await cached.put_object(_v("k", "1" * 32), EMPTY)
+    await cached.put_object(_v("k", "1" * 32), STAGED)
     assert (await cached.get_object("bkt", "k")).etag == "1" * 32  # type: ignore[union-attr]
     # A write behind the cache's back is not seen while the entry lives: it was cached.
-    await inner.put_object(_v("k", "2" * 32), EMPTY)
+    await inner.put_object(_v("k", "2" * 32), STAGED)
     assert (await cached.get_object("bkt", "k")).etag == "1" * 32  # type: ignore[union-attr]
     # A write through the cache invalidates.
-    await cached.put_object(_v("k", "3" * 32), EMPTY)
+    await cached.put_object(_v("k", "3" * 32), STAGED)
     assert (await cached.get_object("bkt", "k")).etag == "3" * 32  # type: ignore[union-attr]
     await cached.delete_object("bkt", "k")
     assert await cached.get_object("bkt", "k") is None
@@ -58,15 +64,15 @@ async def test_lookup_racing_a_write_is_not_cached(stores) -> None:
     import asyncio
 
     _, cached, _cache = stores
-    await cached.put_object(_v("k", "1" * 32), EMPTY)
+    await cached.put_object(_v("k", "1" * 32), STAGED)
     # Start a read and a write together; whatever the read returns must not stay cached.
-    await asyncio.gather(cached.get_object("bkt", "k"), cached.put_object(_v("k", "2" * 32), EMPTY))
+    await asyncio.gather(cached.get_object("bkt", "k"), cached.put_object(_v("k", "2" * 32), STAGED))
     assert (await cached.get_object("bkt", "k")).etag == "2" * 32  # type: ignore[union-attr]
 
 
 async def test_every_change_writes_an_ordered_outbox_event(stores) -> None:
     inner, cached, _ = stores
-    await cached.put_object(_v("a", "1" * 32), EMPTY)
+    await cached.put_object(_v("a", "1" * 32), STAGED)
     await cached.delete_object("bkt", "a")
     await cached.delete_object("bkt", "never-existed")
     events = await inner.read_outbox(0, 10)

@@ -209,10 +209,16 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{v.size}"
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_length = end - start
+    # The first piece is read before the status line goes out, so that a backend that is
+    # down (or data that is lost) still gets a proper error response (503 SlowDown, 500).
+    pieces = None if head else aiter(req.rt.reader.stream(v.manifest, start, end))
+    first = None if pieces is None else await anext(pieces, None)
     await resp.prepare(req.http)
-    if not head:
+    if pieces is not None:
         try:
-            async for piece in req.rt.reader.stream(v.manifest, start, end):
+            if first is not None:
+                await resp.write(first)
+            async for piece in pieces:
                 await resp.write(piece)
         except (ConnectionResetError, asyncio.CancelledError):
             raise
