@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from gateway.config import Config
 from gateway.identity import Identities, new_access_key
 from gateway.meta.store import MetadataStore
-from gateway.runtime import open_metadata
+from gateway.runtime import admin_stores
 
 
 class AdminError(Exception):
@@ -19,11 +19,8 @@ class AdminError(Exception):
 
 @asynccontextmanager
 async def _stores(config: Config) -> AsyncIterator[tuple[MetadataStore, Identities]]:
-    kek, meta = await open_metadata(config)
-    try:
-        yield meta, Identities(meta, kek)
-    finally:
-        await meta.close()
+    async with admin_stores(config) as s:
+        yield s.meta, Identities(s.meta, s.kek)
 
 
 async def add_user(config: Config, name: str) -> tuple[str, str]:

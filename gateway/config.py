@@ -65,6 +65,11 @@ class StorageConfig:
     workers: int = 0
     max_put_size: int = 5 * 1024 * MiB  # single PUT and each multipart part, as S3
 
+    @property
+    def cpu_workers(self) -> int:
+        """Threads for CPU stages: ``workers``, or one per core."""
+        return self.workers or (os.cpu_count() or 2)
+
 
 @dataclass(frozen=True)
 class MetaConfig:

@@ -8,9 +8,9 @@ event sink. Production implementations plug into the same slots.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -52,8 +52,7 @@ class Runtime:
         metrics = Metrics()
         metrics.watch_pool(lambda: meta.pool_usage())
         backend = open_backend(config, metrics)  # metrics observe backend requests and breaker
-        workers = config.storage.workers or (os.cpu_count() or 2)
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cpu")
+        pool = ThreadPoolExecutor(max_workers=config.storage.cpu_workers, thread_name_prefix="cpu")
         return cls(
             config=config,
             meta=meta,
@@ -98,6 +97,33 @@ class Runtime:
         await self.backend.close()
         await close_kek(self.kek)
         self.pool.shutdown(wait=True)
+
+
+@dataclass
+class AdminStores:
+    """What an admin or maintenance command works on, opened next to a live gateway."""
+
+    meta: MetadataStore
+    backend: BlobBackend
+    kek: KEKProvider
+    pool: ThreadPoolExecutor
+
+
+@asynccontextmanager
+async def admin_stores(config: Config) -> AsyncIterator[AdminStores]:
+    """The metadata store, blob backend (without the serving process's start-up cleanup),
+    KEK provider and a CPU pool for an admin command; all closed on exit. Safe beside a
+    running gateway on the same stores."""
+    kek, meta = await open_metadata(config)
+    backend = open_backend(config, serving=False)
+    pool = ThreadPoolExecutor(max_workers=config.storage.cpu_workers, thread_name_prefix="job")
+    try:
+        yield AdminStores(meta, backend, kek, pool)
+    finally:
+        pool.shutdown(wait=True)
+        await backend.close()
+        await meta.close()
+        await close_kek(kek)
 
 
 async def open_metadata(config: Config) -> tuple[KEKProvider, MetadataStore]:

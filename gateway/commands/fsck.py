@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from gateway.backends.base import BackendUnavailable
-from gateway.backends.factory import open_backend
 from gateway.commands.progress import Progress, human_bytes
 from gateway.config import Config
 from gateway.identity import Identities
 from gateway.maintenance.fsck import Broken, Checker, FsckReport, RebuildReport, VerdictSet, rebuild_index
-from gateway.runtime import open_metadata
+from gateway.runtime import admin_stores
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -83,52 +80,43 @@ def _detail(report: FsckReport) -> str:
 
 
 async def _check(config: Config, report: FsckReport) -> int:
-    kek, meta = await open_metadata(config)
-    backend = open_backend(config, serving=False)
-    workers = config.storage.workers or (os.cpu_count() or 2)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fsck")
     try:
-        totals = await meta.storage_stats()
-        progress = Progress("fsck", totals.versions + totals.parts, unit="manifests")
-        with tempfile.TemporaryDirectory(prefix="strata-fsck-") as scratch:
-            verdicts = VerdictSet(Path(scratch) / "verdicts.sqlite")
-            try:
-                checker = Checker(
-                    meta,
-                    backend,
-                    kek,
-                    Identities(meta, kek),
-                    pool,
-                    verdicts,
-                    run_bytes=config.storage.read_run,
-                    parallel=max(2, config.storage.read_ahead),
-                    report=report,
-                    on_progress=lambda r: progress.update(done=r.manifests, detail=_detail(r)),
-                )
+        async with admin_stores(config) as s:
+            totals = await s.meta.storage_stats()
+            progress = Progress("fsck", totals.versions + totals.parts, unit="manifests")
+            with tempfile.TemporaryDirectory(prefix="strata-fsck-") as scratch:
+                verdicts = VerdictSet(Path(scratch) / "verdicts.sqlite")
+                try:
+                    checker = Checker(
+                        s.meta,
+                        s.backend,
+                        s.kek,
+                        Identities(s.meta, s.kek),
+                        s.pool,
+                        verdicts,
+                        run_bytes=config.storage.read_run,
+                        parallel=max(2, config.storage.read_ahead),
+                        report=report,
+                        on_progress=lambda r: progress.update(done=r.manifests, detail=_detail(r)),
+                    )
 
-                def broken(b: Broken) -> None:
-                    progress.write(str(b), file=sys.stdout)
+                    def broken(b: Broken) -> None:
+                        progress.write(str(b), file=sys.stdout)
 
-                await checker.run(broken)
-            finally:
-                verdicts.close()
-        progress.close()
+                    await checker.run(broken)
+                finally:
+                    verdicts.close()
+            progress.close()
     except BackendUnavailable as e:
         print(
             f"strata fsck: the backend is unavailable ({e}); nothing was checked to the end", file=sys.stderr
         )
         return 2
-    finally:
-        pool.shutdown(wait=True)
-        await backend.close()
-        await meta.close()
     print(f"strata fsck: {report.summary()}", file=sys.stderr)
     return 1 if report.broken else 0
 
 
 async def _rebuild(config: Config, report: RebuildReport) -> int:
-    _kek, meta = await open_metadata(config)
-    backend = open_backend(config, serving=False)
     progress = Progress("fsck --rebuild-index", unit="pack blobs")
 
     def on_pack(name: str, problem: str | None) -> None:
@@ -137,13 +125,11 @@ async def _rebuild(config: Config, report: RebuildReport) -> int:
         progress.update(1, detail=f"{len(report.damaged):,} damaged")
 
     try:
-        await rebuild_index(backend, meta, on_pack, report)
-        progress.close()
+        async with admin_stores(config) as s:
+            await rebuild_index(s.backend, s.meta, on_pack, report)
+            progress.close()
     except BackendUnavailable as e:
         print(f"strata fsck: the backend is unavailable ({e}); run again later", file=sys.stderr)
         return 2
-    finally:
-        await backend.close()
-        await meta.close()
     print(f"strata fsck: {report.summary()}", file=sys.stderr)
     return 1 if report.damaged else 0

@@ -7,32 +7,25 @@ and prints what was done; running the command again carries on. Exit status: 0 d
 1 done but some records could not be copied (left in place), 2 the stores could not be used,
 130 interrupted.
 
-This module also holds what the key commands share with it: :func:`maintenance_stores`
-(the stores opened as an admin command beside a live gateway) and
-:class:`ProgressObserver` (a job's phases drawn as progress lines).
+This module also holds what the key commands share with it: :class:`ProgressObserver` (a
+job's phases drawn as progress lines).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, cast
 
-from crypto import KEKProvider
-from gateway.backends.base import BackendUnavailable, BlobBackend
-from gateway.backends.factory import open_backend
+from gateway.backends.base import BackendUnavailable
 from gateway.commands.fsck import missing_store
 from gateway.commands.progress import Progress
 from gateway.config import Config
 from gateway.maintenance.gc import Collector, GcReport
 from gateway.meta.store import MaintenanceStore
-from gateway.runtime import open_metadata
+from gateway.runtime import admin_stores
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -57,31 +50,6 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "have to be retried, downloads that started before it may fail)",
     )
     p.set_defaults(run=run)
-
-
-@dataclass
-class Stores:
-    meta: MaintenanceStore
-    backend: BlobBackend
-    kek: KEKProvider
-    pool: ThreadPoolExecutor
-
-
-@asynccontextmanager
-async def maintenance_stores(config: Config) -> AsyncIterator[Stores]:
-    """The metadata store, blob backend (without the serving process's start-up cleanup), KEK
-    provider and a CPU pool, as an admin command opens them next to a live gateway."""
-    kek, meta = await open_metadata(config)
-    backend = open_backend(config, serving=False)
-    pool = ThreadPoolExecutor(
-        max_workers=config.storage.workers or (os.cpu_count() or 2), thread_name_prefix="job"
-    )
-    try:
-        yield Stores(cast(MaintenanceStore, meta), backend, kek, pool)
-    finally:
-        pool.shutdown(wait=True)
-        await backend.close()
-        await meta.close()
 
 
 class ProgressObserver:
@@ -134,9 +102,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
 async def _gc(config: Config, grace: float | None, report: GcReport) -> int:
     observer = ProgressObserver("gc")
     try:
-        async with maintenance_stores(config) as s:
+        async with admin_stores(config) as s:
             collector = Collector(
-                s.meta, s.backend, s.kek, s.pool, config, grace=grace, observer=observer, report=report
+                cast(MaintenanceStore, s.meta),
+                s.backend,
+                s.kek,
+                s.pool,
+                config,
+                grace=grace,
+                observer=observer,
+                report=report,
             )
             await collector.run()
     except BackendUnavailable as e:

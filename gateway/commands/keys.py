@@ -14,13 +14,15 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from gateway.backends.base import BackendUnavailable
 from gateway.commands.fsck import missing_store
-from gateway.commands.gc import ProgressObserver, check_grace, maintenance_stores
+from gateway.commands.gc import ProgressObserver, check_grace
 from gateway.config import Config
 from gateway.maintenance.keys import KeyJobError, ReencryptReport, reencrypt, rotate
+from gateway.meta.store import MaintenanceStore
+from gateway.runtime import admin_stores
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -75,8 +77,8 @@ def run_rotate(args: argparse.Namespace, config: Config) -> int:
 async def _rotate(config: Config) -> int:
     observer = ProgressObserver("keys rotate")
     try:
-        async with maintenance_stores(config) as s:
-            done = await rotate(s.meta, s.kek, observer)
+        async with admin_stores(config) as s:
+            done = await rotate(cast(MaintenanceStore, s.meta), s.kek, observer)
     except KeyJobError as e:
         observer.close()
         print(f"strata keys rotate: {e}", file=sys.stderr)
@@ -104,8 +106,10 @@ def run_reencrypt(args: argparse.Namespace, config: Config) -> int:
 async def _reencrypt(config: Config, grace: float | None, report: ReencryptReport) -> int:
     observer = ProgressObserver("keys reencrypt")
     try:
-        async with maintenance_stores(config) as s:
-            await reencrypt(s.meta, s.backend, s.kek, s.pool, config, grace, observer, report)
+        async with admin_stores(config) as s:
+            await reencrypt(
+                cast(MaintenanceStore, s.meta), s.backend, s.kek, s.pool, config, grace, observer, report
+            )
     except BackendUnavailable as e:
         observer.close()
         print(f"strata keys reencrypt: the backend is unavailable ({e}); run it again", file=sys.stderr)

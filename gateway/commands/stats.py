@@ -18,7 +18,7 @@ from gateway.commands.fsck import missing_store
 from gateway.commands.progress import human_bytes
 from gateway.config import Config
 from gateway.maintenance.stats import collect
-from gateway.runtime import open_metadata
+from gateway.runtime import admin_stores
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -65,11 +65,8 @@ def table(s: dict[str, Any]) -> str:
 
 
 async def _collect(config: Config) -> dict[str, Any]:
-    _kek, meta = await open_metadata(config)
-    try:
-        return await collect(meta)
-    finally:
-        await meta.close()
+    async with admin_stores(config) as s:
+        return await collect(s.meta)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
