@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from support.process import stop_process
 from support.server import free_port
 
 
@@ -98,12 +99,7 @@ class KafkaBroker:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, signal.SIGINT, grace)
         self._wait_port_free(grace)
 
     def _wait_port_free(self, timeout: float) -> None:

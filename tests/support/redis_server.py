@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from support.process import stop_process
 from support.server import free_port
 
 
@@ -65,13 +66,7 @@ class PrivateRedis:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGCONT)  # a frozen server cannot act on SIGTERM
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)  # continues a frozen server first
 
     def freeze(self) -> None:
         """Stop answering (SIGSTOP) while keeping every key."""

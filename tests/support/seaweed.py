@@ -14,7 +14,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+
+from support.process import stop_process
 
 ACCESS_KEY = "STRATASEAWEEDKEY0001"
 SECRET_KEY = "seaweed/test/secret/key/0123456789abcdefgh"
@@ -99,13 +100,7 @@ class Seaweed:
             return "<no weed log>"
 
     def stop(self, grace: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, grace=grace)
 
 
 def start_seaweed(root: Path, timeout: float = 30.0) -> Seaweed:

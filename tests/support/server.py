@@ -16,13 +16,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import TracebackType
+
+from support.process import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
@@ -195,13 +196,7 @@ class StrataServer:
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc, grace=grace)
         self._close_log()
         return proc.returncode
 
