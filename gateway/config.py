@@ -119,7 +119,7 @@ class BackendConfig:
     secret_key: str | None = field(default=None, repr=False)
     region: str = "us-east-1"
     connect_timeout: float = 2.0
-    read_timeout: float = 10.0
+    read_timeout: float = 5.0  # with connect_timeout: the whole budget of one backend call
     max_attempts: int = 4  # per request, with exponential backoff and full jitter
     backoff_base: float = 0.05
     backoff_max: float = 1.0

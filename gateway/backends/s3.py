@@ -66,7 +66,7 @@ class S3Settings:
     access_key: str | None = None  # None: the default AWS credential chain
     secret_key: str | None = None
     connect_timeout: float = 2.0
-    read_timeout: float = 10.0
+    read_timeout: float = 5.0
     max_connections: int = 64
     multipart_threshold: int = 64 * MiB
     part_size: int = 16 * MiB
