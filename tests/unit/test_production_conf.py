@@ -36,3 +36,15 @@ def test_compose_sets_only_known_config_keys() -> None:
     env = dict(re.findall(r"\b(STRATA_[A-Z_]+): \"([^\"]*)\"", text))
     c = load_config(None, env=env)
     assert len(c.meta.dsns) == 4 and c.backend.bucket == "strata-hot"
+
+
+def test_compose_commands_are_real_cli_commands() -> None:
+    from gateway.cli import build_parser
+
+    text = (CONF / "compose" / "docker-compose.yml").read_text()
+    entrypoints = re.findall(r"entrypoint: \[(.*)\]", text)
+    assert entrypoints
+    for line in entrypoints:
+        argv = [a.strip().strip('"') for a in line.split(",")]
+        assert argv[0] == "strata"
+        build_parser().parse_args(argv[1:])  # exits (SystemExit) on an unknown command or flag
