@@ -470,7 +470,11 @@ PASS_THROUGH = frozenset(
         "scan_wrapped_keys",
         "rewrap_keys",
         "get_job",
+        "claim_lease",
+        "release_lease",
+        "lease_holder",
         "put_job",
+        "settle_commits",
     }
 )
 

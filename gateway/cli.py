@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.config import Config, load_config, with_overrides
+from gateway.maintenance.lease import LeaseBusy
 from gateway.memory import tune_malloc
 
 # Operator commands that live in their own modules (gateway/commands/*.py). Each module
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("strata: interrupted; the job can be resumed by running it again", file=sys.stderr)
             return 130
+        except LeaseBusy as exc:
+            print(f"strata: {exc}", file=sys.stderr)
+            return 2
     return 2
 
 

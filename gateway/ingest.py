@@ -237,6 +237,9 @@ class Ingestor:
         )
 
     async def discard(self, result: IngestResult) -> None:
-        """Delete the packs of an ingest whose commit will not happen."""
+        """Delete the packs of an ingest whose commit will not happen (unless the store may
+        have indexed their chunks anyway: then gc reclaims them)."""
+        if self.meta.index_survives_failed_commit:
+            return
         for name in result.blob_names:
             await self.backend.delete(name)

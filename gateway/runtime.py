@@ -23,6 +23,7 @@ from gateway.events import EventSink, OutboxRelay, open_sink
 from gateway.identity import Identities
 from gateway.ingest import Ingestor
 from gateway.kek import close_kek, open_kek
+from gateway.maintenance.lease import exclusive
 from gateway.meta.factory import open_store
 from gateway.meta.store import MaintenanceStore, MetadataStore
 from gateway.observability.audit import AuditLog
@@ -110,15 +111,22 @@ class AdminStores:
 
 
 @asynccontextmanager
-async def admin_stores(config: Config) -> AsyncIterator[AdminStores]:
+async def admin_stores(config: Config, job: str | None = None) -> AsyncIterator[AdminStores]:
     """The metadata store, blob backend (without the serving process's start-up cleanup),
     KEK provider and a CPU pool for an admin command; all closed on exit. Safe beside a
-    running gateway on the same stores."""
+    running gateway on the same stores. With ``job``, the command is an exclusive maintenance
+    job: it holds the maintenance lease throughout (:mod:`gateway.maintenance.lease`; raises
+    ``LeaseBusy`` if another process's job holds it)."""
     kek, meta = await open_metadata(config)
     backend = open_backend(config, serving=False)
     pool = ThreadPoolExecutor(max_workers=config.storage.cpu_workers, thread_name_prefix="job")
     try:
-        yield AdminStores(meta, backend, kek, pool)
+        stores = AdminStores(meta, backend, kek, pool)
+        if job is None:
+            yield stores
+        else:
+            async with exclusive(cast(MaintenanceStore, meta), job):
+                yield stores
     finally:
         pool.shutdown(wait=True)
         await backend.close()

@@ -125,7 +125,7 @@ async def _rebuild(config: Config, report: RebuildReport) -> int:
         progress.update(1, detail=f"{len(report.damaged):,} damaged")
 
     try:
-        async with admin_stores(config) as s:
+        async with admin_stores(config, job="fsck --rebuild-index") as s:
             await rebuild_index(s.backend, s.meta, on_pack, report)
             progress.close()
     except BackendUnavailable as e:

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 async def _gc(config: Config, grace: float | None, report: GcReport) -> int:
     observer = ProgressObserver("gc")
     try:
-        async with admin_stores(config) as s:
+        async with admin_stores(config, job="gc") as s:
             collector = Collector(
                 cast(MaintenanceStore, s.meta),
                 s.backend,

@@ -77,7 +77,7 @@ def run_rotate(args: argparse.Namespace, config: Config) -> int:
 async def _rotate(config: Config) -> int:
     observer = ProgressObserver("keys rotate")
     try:
-        async with admin_stores(config) as s:
+        async with admin_stores(config, job="keys rotate") as s:
             done = await rotate(cast(MaintenanceStore, s.meta), s.kek, observer)
     except KeyJobError as e:
         observer.close()
@@ -106,7 +106,7 @@ def run_reencrypt(args: argparse.Namespace, config: Config) -> int:
 async def _reencrypt(config: Config, grace: float | None, report: ReencryptReport) -> int:
     observer = ProgressObserver("keys reencrypt")
     try:
-        async with admin_stores(config) as s:
+        async with admin_stores(config, job="keys reencrypt") as s:
             await reencrypt(
                 cast(MaintenanceStore, s.meta), s.backend, s.kek, s.pool, config, grace, observer, report
             )

@@ -42,6 +42,7 @@ from crypto import KEKProvider
 from gateway.backends.base import BlobBackend, pack_blob_name
 from gateway.config import Config
 from gateway.maintenance.fsck import pack_id_of
+from gateway.maintenance.lease import LeaseBusy, exclusive
 from gateway.maintenance.repack import PackRewriter, RewriteReport
 from gateway.meta.store import MaintenanceStore
 
@@ -203,6 +204,7 @@ class Collector:
     async def mark(self, live: LiveSet) -> None:
         """Every chunk id referenced by a multipart part, then by an object version."""
         await self.observer.phase("mark", self._totals.get("mark"), "manifests")
+        await self.meta.settle_commits()  # commits whose claim ran before now are visible
         after_part: tuple[str, int] | None = None
         while page := await self.meta.scan_parts(after_part, MANIFEST_PAGE):
             after_part = (page[-1][0].upload_id, page[-1][1].part_number)
@@ -326,8 +328,11 @@ async def run_periodically(
     while True:
         await asyncio.sleep(config.gc.interval_seconds)
         try:
-            report = await Collector(meta, backend, kek, pool, config).run()
+            async with exclusive(meta, "gc (scheduled)"):
+                report = await Collector(meta, backend, kek, pool, config).run()
             log.info("gc: %s", report.summary())
+        except LeaseBusy:
+            log.info("gc: another process's maintenance job is running; skipped until the next interval")
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -2,8 +2,9 @@
 that every process runs when it opens the store.
 
 Every shard database holds the data tables (objects, uploads, parts, bucket configs, the
-bucket's home row, packs, chunks, the outbox with its sequencer and relay state); shard 0
-also holds the catalog (users, access keys, the bucket -> shard map) and the audit log.
+bucket's home row, packs, chunks, pack tombstones, the outbox with its sequencer and relay
+state) and the two functions of a commit's pack step; shard 0 also holds the catalog (users,
+access keys, the bucket -> shard map), the audit log and the state of maintenance jobs.
 Each database has one ``strata_schema`` row: its schema version, and which shard of how
 many it is (written by the first migration, so a reordered or resized ``meta.dsns`` list is
 refused instead of silently misrouting rows).
@@ -98,7 +99,70 @@ CREATE TABLE relay_state (
     expires DOUBLE PRECISION NOT NULL DEFAULT 0);
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _V1_CATALOG, _V1_DATA),)
+# Garbage collection and key jobs (gateway/maintenance/), SQLite's migration 3 on shards:
+# ``chunks.condemned_at`` already exists (version 1); packs get ``retired_at``; the rows that
+# point into a pack are found by ``chunks_by_pack`` (on every shard: a pack's chunk rows are
+# spread over the shards of their chunk ids); a deleted pack's id is kept in
+# ``pack_tombstones`` on the pack's own shard; resumable jobs live on the catalog.
+# ``strata_lock_packs`` takes per-pack advisory locks in one order (shared for a commit,
+# exclusive for gc deleting or tombstoning packs); ``strata_claim_packs`` is a commit's pack
+# step: under the shared locks, refuse tombstoned packs, else insert the pack records and
+# revive retired ones. Being volatile PL/pgSQL, each of its statements reads a snapshot taken
+# after the locks were granted, so it sees what a gc transaction committed while it waited;
+# and it is one round trip (postgres.py, "Garbage collection").
+PACK_LOCK_CLASS = 0x53545241  # "STRA": the first key of the two-key advisory locks on packs
+_V2_CATALOG = """
+CREATE TABLE maintenance_jobs (
+    name TEXT COLLATE "C" PRIMARY KEY, state TEXT NOT NULL, updated DOUBLE PRECISION NOT NULL);
+"""
+_V2_DATA = f"""
+ALTER TABLE packs ADD COLUMN retired_at DOUBLE PRECISION;
+CREATE INDEX packs_retired ON packs (retired_at) WHERE retired_at IS NOT NULL;
+CREATE INDEX chunks_by_pack ON chunks (pack_id, pack_offset);
+CREATE TABLE pack_tombstones (
+    pack_id TEXT COLLATE "C" PRIMARY KEY, deleted DOUBLE PRECISION NOT NULL);
+CREATE INDEX pack_tombstones_by_time ON pack_tombstones (deleted);
+CREATE FUNCTION strata_lock_packs(p_ids TEXT[], p_exclusive BOOLEAN) RETURNS VOID
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    h INTEGER;
+BEGIN
+    FOR h IN SELECT DISTINCT hashtext(i) FROM unnest(p_ids) AS i ORDER BY 1 LOOP
+        IF p_exclusive THEN
+            PERFORM pg_advisory_xact_lock({PACK_LOCK_CLASS}, h);
+        ELSE
+            PERFORM pg_advisory_xact_lock_shared({PACK_LOCK_CLASS}, h);
+        END IF;
+    END LOOP;
+END $$;
+CREATE FUNCTION strata_claim_packs(
+    p_ids TEXT[], p_kek_ids TEXT[], p_kek_versions INTEGER[], p_deks BYTEA[], p_sizes BIGINT[],
+    p_created DOUBLE PRECISION) RETURNS TEXT[]
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    dead TEXT[];
+BEGIN
+    PERFORM strata_lock_packs(p_ids, false);
+    dead := ARRAY(SELECT t.pack_id FROM pack_tombstones t WHERE t.pack_id = ANY(p_ids));
+    IF cardinality(dead) = 0 THEN
+        INSERT INTO packs AS p (pack_id, kek_id, kek_version, wrapped_dek, size, created)
+        SELECT u.*, p_created FROM unnest(p_ids, p_kek_ids, p_kek_versions, p_deks, p_sizes) AS u
+        ON CONFLICT (pack_id) DO UPDATE SET retired_at = NULL WHERE p.retired_at IS NOT NULL;
+    END IF;
+    RETURN dead;
+END $$;
+"""
+
+_V3_CATALOG = """
+CREATE TABLE leases (
+    name TEXT COLLATE "C" PRIMARY KEY, owner TEXT NOT NULL, expires DOUBLE PRECISION NOT NULL);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _V1_CATALOG, _V1_DATA),
+    Migration(2, "garbage collection and key jobs", _V2_CATALOG, _V2_DATA),
+    Migration(3, "leases of exclusive maintenance jobs", _V3_CATALOG, ""),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 _SCHEMA_TABLE = """
@@ -168,8 +232,11 @@ async def read_schema(conn: asyncpg.Connection) -> ShardSchema:
     return ShardSchema(0, None, None) if row is None else ShardSchema(row[0], row[1], row[2])
 
 
-async def migrate_shard(conn: asyncpg.Connection, shard: int, shards: int) -> list[int]:
-    """Bring one shard to :data:`SCHEMA_VERSION`; return the versions applied (none: no-op)."""
+async def migrate_shard(
+    conn: asyncpg.Connection, shard: int, shards: int, target: int = SCHEMA_VERSION
+) -> list[int]:
+    """Bring one shard to version ``target`` (by default :data:`SCHEMA_VERSION`); return the
+    versions applied (none: no-op)."""
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATE_LOCK)
     try:
         async with conn.transaction():
@@ -186,10 +253,13 @@ async def migrate_shard(conn: asyncpg.Connection, shard: int, shards: int) -> li
             check_schema(schema, shard, shards)  # raises: newer than this Strata
         applied: list[int] = []
         for m in pending(schema.version):
+            if m.version > target:
+                break
             async with conn.transaction():
-                if shard == 0:
+                if shard == 0 and m.catalog.strip():
                     await conn.execute(m.catalog)
-                await conn.execute(m.data)
+                if m.data.strip():
+                    await conn.execute(m.data)
                 await conn.execute("UPDATE strata_schema SET version = $1", m.version)
             applied.append(m.version)
         return applied
@@ -201,13 +271,15 @@ async def connect(dsn: str, config: MetaConfig) -> asyncpg.Connection:
     return await asyncpg.connect(dsn, timeout=config.command_timeout, command_timeout=config.command_timeout)
 
 
-async def migrate(config: MetaConfig) -> list[list[int]]:
-    """Migrate every shard in ``config.dsns`` (in order); the versions applied per shard."""
+async def migrate(config: MetaConfig, target: int = SCHEMA_VERSION) -> list[list[int]]:
+    """Migrate every shard in ``config.dsns`` (in order) up to version ``target``; the
+    versions applied per shard. (A lower ``target`` builds an older schema, for tests of
+    the upgrade path.)"""
     done: list[list[int]] = []
     for shard, dsn in enumerate(config.dsns):
         conn = await connect(dsn, config)
         try:
-            done.append(await migrate_shard(conn, shard, len(config.dsns)))
+            done.append(await migrate_shard(conn, shard, len(config.dsns), target))
         finally:
             await conn.close()
     return done

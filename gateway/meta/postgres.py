@@ -12,13 +12,14 @@ prepared-statement cache on.
 No request needs a cross-shard transaction. Each write touches one shard per step, in an
 order that keeps every intermediate state safe:
 
-* ``put_object`` / ``put_part``: resolve the bucket (or upload) first, so a missing one
-  indexes nothing; then insert the pack records on their shards, then the chunk rows on
-  theirs (one idempotent ``INSERT ... ON CONFLICT DO NOTHING`` statement per shard, so a
-  chunk row is never visible before its pack record); then commit the version (or part) on
-  the bucket's shard. A failure after the index steps leaves index rows that no manifest
-  references: harmless (a later upload may even dedup against them, their packs are durable)
-  and reclaimed by GC after its grace period.
+* ``put_object`` / ``put_part``: open the commit's transaction on the bucket's (upload's)
+  shard first (a missing bucket or upload indexes nothing; a failed write condition neither),
+  then run the *claim* (below) on the pack shards and then on the chunk shards, so a chunk
+  row is never visible before its pack record; then write the version (or part) and commit.
+  A failure after the claim leaves index rows that no manifest references; dedup may already
+  have found them, so the packs they point into must stay (``index_survives_failed_commit``:
+  the caller leaves them to gc instead of deleting them) and gc reclaims them after its
+  grace period.
 * ``create_bucket``: insert the home row on the ring's shard, then (while that shard
   transaction holds the bucket's lock) the catalog row. A crash in between leaves an orphan
   home row, which nothing routes to and a later create reuses.
@@ -44,6 +45,53 @@ writers hold its lock until commit, so its events are sequenced in commit order.
 cursor and lease live on the same shard (``relay_state``; lease expiry by the database
 clock). The audit log and its outbox rows live on the catalog shard.
 
+Garbage collection (docs/operations.md has the design; the store's part). SQLite checks a
+commit's chunks in the commit's own transaction. Here the chunk rows live on other shards, so
+a commit's *claim* runs before its version commits, one statement per shard touched:
+
+* pack step, per pack shard (``strata_claim_packs``, migration 2): under a shared advisory
+  lock per pack, refuse (``SlowDown``) if a pack was tombstoned, else insert the records and
+  revive retired ones. gc deletes or tombstones a pack under the exclusive lock, so of a
+  commit and a deletion one sees the other;
+* chunk step, per chunk shard: insert the new chunk rows (a conflicting row is revived) and,
+  for the chunks the manifest reuses, count those present and revive the condemned ones
+  (``UPDATE ... WHERE chunk_id = ANY(condemned ones)``, which skips rows a sweep deleted
+  meanwhile). A count short of the manifest means a chunk was swept: ``SlowDown``, nothing
+  committed. Live reused chunks cost a read, no write.
+
+With that order alone, the sweep rule ("delete only rows condemned before this sweep's mark
+started, and still condemned") is *not* enough, whatever the grace period: a commit whose
+chunk step ran just before its chunks were condemned (they were live: nothing to revive),
+and whose version committed after the next pass's mark had passed its key, is seen by
+neither pass, and that next pass sweeps its chunks. With ``--grace 0`` the two passes run
+back to back, so a commit only has to be a little slow; with a grace of a day, a mark that
+lasts long enough does it. Packs have the same hole: a commit revives its pack, gc retires
+it before the commit's chunk rows exist, and deletes it. The fix is a *bracket*: every claim
+runs inside the commit's transaction on the bucket's shard, which has a transaction id before
+the first index statement and ends only when the version is committed or dropped; and
+:meth:`settle_commits` waits until every transaction that was running on any shard when it
+was called has ended. gc settles as each mark begins, and :meth:`delete_retired_packs`
+settles before it looks for chunk rows in the packs it is about to delete. Then:
+
+* a chunk swept by a pass was condemned at some c before that pass's mark started at M. A
+  commit naming it whose chunk step ran after c revived it (the sweep skips it) or found it
+  gone (``SlowDown``); one whose chunk step ran before c had its transaction id before c < M,
+  so the settle at M waited for it, and the mark sees its version. So an acknowledged object
+  never points at swept data, with any grace, and ``--grace 0`` still sweeps at once.
+* a pack deleted by gc was retired after any commit revived it (the deletion re-checks
+  ``retired_at`` under the exclusive lock), and the settle after that retirement waited for
+  every such commit, whose chunk rows are therefore visible when the deletion looks for them
+  (a retired pack that has chunk rows is un-retired instead). A commit whose pack step came
+  after the deletion finds the tombstone.
+
+Two gc runs at once on the same stores are not covered (the same holds for SQLite): run one
+collector per deployment. A bracketed commit holds its bucket shard's connection while its
+claim uses the other shards' pools, so at most ``pool_max - 1`` bracketed commits run per
+shard in a process: a connection is always left for single statements, and pools cannot
+deadlock. Maintenance scans run per shard, one short statement (its own transaction) per
+page; a page merges every shard's page in one keyset order. Key rotation re-wraps pack DEKs
+on every shard, users and access keys on the catalog; jobs live on the catalog.
+
 Adding a method: use :meth:`_bucket_shard` / :meth:`_bucket_tx` for "on the bucket's shard",
 :meth:`_pool` / :meth:`_tx` for a given shard, and :meth:`_each_shard` for "on every shard".
 """
@@ -52,12 +100,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import functools
 import heapq
 import itertools
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -73,12 +125,15 @@ from gateway.meta.models import (
     AccessKey,
     AuditRecord,
     Bucket,
+    ChunkMove,
     DeleteOutcome,
+    IndexedChunk,
     ListedObject,
     MultipartUpload,
     NewChunk,
     ObjectVersion,
     PackRecord,
+    PackUsage,
     Part,
     PoolUsage,
     StagedData,
@@ -88,7 +143,7 @@ from gateway.meta.models import (
 from gateway.meta.pg_migrations import check_schema, read_schema
 from gateway.meta.shards import HashRing, advisory_key
 from gateway.meta.sqlite import outbox_event
-from gateway.meta.store import StorageStats
+from gateway.meta.store import StorageStats, WrappedKeyKind
 from gateway.s3.errors import S3Error
 
 T = TypeVar("T")
@@ -99,6 +154,11 @@ STATEMENT_CACHE_SIZE = 512  # prepared statements kept per connection
 ROUTE_CACHE_ENTRIES = 100_000  # bucket -> shard and upload -> shard entries kept per process
 OUTBOX_SEQUENCE_BATCH = 10_000
 _SEQUENCER_LOCK = advisory_key("outbox-sequencer")
+SETTLE_POLL_SECONDS = 0.05  # how often settle_commits() looks whether the transactions ended
+SETTLE_WARN_SECONDS = 30.0  # and how often it says which shards it is still waiting for
+SWEPT_CHUNK = "A chunk this upload reuses was garbage-collected meanwhile; retry."
+DELETED_PACK = "A pack of this upload was garbage-collected meanwhile; retry."
+log = logging.getLogger("strata.meta")
 
 _OBJECT_COLS = (
     "bucket, key, version_id, size, etag, last_modified, manifest, content_type, headers, "
@@ -209,13 +269,56 @@ def _group(items: Iterable[T], shard_of: Callable[[T], int]) -> dict[int, list[T
     return groups
 
 
+async def _all(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """Await every one concurrently; results in order. Every call finishes before this
+    returns (no statement is left running behind an error); then the first error is raised."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _ClaimPlan:
+    """A commit's index work, by shard (see the module docstring, "Garbage collection")."""
+
+    packs: dict[int, list[PackRecord]]  # the records it wrote, by pack shard
+    new_chunks: dict[int, list[NewChunk]]  # the chunk rows it wrote, by chunk shard
+    reused: dict[int, list[bytes]]  # the other chunk ids its manifest names, by chunk shard
+
+    def chunk_shards(self) -> list[int]:
+        return sorted(set(self.new_chunks) | set(self.reused))
+
+
+def claim_plan(ring: HashRing, staged: StagedData, manifest: Manifest) -> _ClaimPlan | None:
+    """Group a commit's packs, new chunks and reused chunk ids by shard (each once, sorted,
+    so concurrent statements lock rows in one order); None when there is nothing to claim."""
+    packs = {p.pack_id: p for p in sorted(staged.packs, key=lambda p: p.pack_id)}
+    new = {n.chunk_id: n for n in sorted(staged.chunks, key=lambda n: n.chunk_id)}
+    reused = sorted(set(manifest.chunk_ids) - new.keys())
+    if not (packs or new or reused):
+        return None
+    return _ClaimPlan(
+        _group(packs.values(), lambda p: ring.pack_shard(p.pack_id)),
+        _group(new.values(), lambda n: ring.chunk_shard(n.chunk_id)),
+        _group(reused, ring.chunk_shard),
+    )
+
+
 class PostgresMetadataStore:
     """The metadata store on N PostgreSQL shards (see the module docstring)."""
+
+    index_survives_failed_commit = True  # the claim runs on other shards before the commit
 
     def __init__(self, config: MetaConfig) -> None:
         if not config.dsns:
             raise ValueError("the PostgreSQL metadata store needs at least one DSN (meta.dsns)")
+        if config.pool_max < 2:
+            raise ValueError(f"meta.pool_max must be at least 2 for PostgreSQL, not {config.pool_max}")
         self._config = config
+        # Bracketed commits per shard: one connection always stays free for single statements.
+        self._brackets = [asyncio.Semaphore(config.pool_max - 1) for _ in config.dsns]
         self._ring = HashRing(len(config.dsns))
         self._pools: list[asyncpg.Pool] = []
         self._bucket_shards: _Lru[str, int] = _Lru(ROUTE_CACHE_ENTRIES)
@@ -287,11 +390,7 @@ class PostgresMetadataStore:
             async with self._pool(shard).acquire() as conn:
                 return await fn(conn, shard)
 
-        results = await asyncio.gather(*(one(s) for s in range(self.shards)), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return results  # type: ignore[return-value]
+        return await _all(one(s) for s in range(self.shards))
 
     async def _bucket_shard(self, bucket: str) -> int | None:
         """The bucket's shard from the catalog (remembered per process), None if no bucket."""
@@ -303,18 +402,27 @@ class PostgresMetadataStore:
         return shard
 
     @asynccontextmanager
-    async def _bucket_tx(self, bucket: str, key: str | None = None) -> AsyncIterator[asyncpg.Connection]:
+    async def _bucket_tx(
+        self, bucket: str, key: str | None = None, *, bracket: bool = False
+    ) -> AsyncIterator[asyncpg.Connection]:
         """A write transaction on ``bucket``'s shard holding the bucket's shared lock and,
-        given ``key``, the key's writer lock; raises NoSuchBucket when the bucket is gone."""
+        given ``key``, the key's writer lock; raises NoSuchBucket when the bucket is gone. It
+        has its transaction id from the first statement on, so it can bracket a claim
+        (``bracket``: counted against the shard's bracketed commits)."""
         shard = await self._bucket_shard(bucket)
         if shard is None:
             raise S3Error("NoSuchBucket", BucketName=bucket)
-        async with self._tx(shard) as conn:
+        limit = self._brackets[shard] if bracket else contextlib.nullcontext()
+        async with limit, self._tx(shard) as conn:
             if key is None:
-                await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", advisory_key("bucket", bucket))
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock_shared($1), pg_current_xact_id()",
+                    advisory_key("bucket", bucket),
+                )
             else:
                 await conn.execute(
-                    "SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2)",
+                    "SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2), "
+                    "pg_current_xact_id()",
                     advisory_key("bucket", bucket),
                     advisory_key("object", bucket, key),
                 )
@@ -504,6 +612,61 @@ class PostgresMetadataStore:
             now,
         )
 
+    async def _claim(self, plan: _ClaimPlan) -> None:
+        """A commit's claim (inside its bracket): the pack step on every pack shard, then the
+        chunk step on every chunk shard; ``SlowDown`` if gc deleted a pack or swept a chunk."""
+        now = time.time()
+        dead = await _all(self._claim_packs(s, packs, now) for s, packs in plan.packs.items())
+        if any(dead):
+            raise S3Error("SlowDown", DELETED_PACK)
+        missing = await _all(
+            self._claim_chunks(s, plan.new_chunks.get(s, []), plan.reused.get(s, []), now)
+            for s in plan.chunk_shards()
+        )
+        if any(missing):
+            raise S3Error("SlowDown", SWEPT_CHUNK)
+
+    async def _claim_packs(self, shard: int, packs: list[PackRecord], now: float) -> list[str]:
+        """Insert (or revive) the records; the tombstoned ones if any (then nothing changed)."""
+        dead: list[str] = await self._pool(shard).fetchval(
+            "SELECT strata_claim_packs($1::text[], $2::text[], $3::int[], $4::bytea[], $5::bigint[], $6)",
+            [p.pack_id for p in packs],
+            [p.wrapped_dek.kek_id for p in packs],
+            [p.wrapped_dek.kek_version for p in packs],
+            [p.wrapped_dek.blob for p in packs],
+            [p.size for p in packs],
+            now,
+        )
+        return dead
+
+    async def _claim_chunks(self, shard: int, new: list[NewChunk], reused: list[bytes], now: float) -> int:
+        """Insert the new rows (reviving a conflicting one), count the reused ids present and
+        revive the condemned ones; returns how many are missing (swept). A reused row that a
+        sweep deletes while this runs is skipped by the ``UPDATE`` and so counted missing."""
+        locs = [n.location for n in new]
+        found = await self._pool(shard).fetchval(
+            "WITH ins AS (INSERT INTO chunks"
+            " (chunk_id, pack_id, pack_offset, length, plain_len, flags, created)"
+            " SELECT *, $7 FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::int[], $5::int[],"
+            " $6::int[])"
+            " ON CONFLICT (chunk_id) DO UPDATE SET condemned_at = NULL RETURNING 1),"
+            " seen AS (SELECT chunk_id, condemned_at IS NOT NULL AS condemned FROM chunks"
+            " WHERE chunk_id = ANY($8::bytea[])),"
+            " revived AS (UPDATE chunks SET condemned_at = NULL"
+            " WHERE chunk_id IN (SELECT chunk_id FROM seen WHERE condemned) RETURNING 1)"
+            " SELECT (SELECT count(*) FROM ins) + (SELECT count(*) FROM seen WHERE NOT condemned)"
+            " + (SELECT count(*) FROM revived)",
+            [n.chunk_id for n in new],
+            [loc.pack_id for loc in locs],
+            [loc.offset for loc in locs],
+            [loc.length for loc in locs],
+            [loc.plain_len for loc in locs],
+            [loc.flags for loc in locs],
+            now,
+            reused,
+        )
+        return len(new) + len(reused) - int(found)
+
     async def lookup_chunks(
         self, chunk_ids: list[bytes], *, live_only: bool = False
     ) -> dict[bytes, ChunkLocation]:
@@ -535,19 +698,25 @@ class PostgresMetadataStore:
     async def _outbox(conn: asyncpg.Connection, event: str) -> None:
         await conn.execute("INSERT INTO outbox (created, event) VALUES ($1, $2)", time.time(), event)
 
+    @staticmethod
+    async def _check(conn: asyncpg.Connection, v: ObjectVersion, condition: WriteCondition | None) -> None:
+        """Raise unless ``condition`` holds for the key's latest version (under the key's lock)."""
+        if condition is None:
+            return
+        latest = await conn.fetchrow(
+            "SELECT etag, delete_marker FROM objects WHERE bucket = $1 AND key = $2 AND latest",
+            v.bucket,
+            v.key,
+        )
+        condition.check(None if latest is None or latest["delete_marker"] else latest["etag"])
+
     @classmethod
     async def _put_version(
         cls, conn: asyncpg.Connection, v: ObjectVersion, event: str, condition: WriteCondition | None = None
     ) -> None:
         """Make ``v`` the key's latest version (inside :meth:`_bucket_tx` with the key's lock);
         a "null" version replaces the previous null one."""
-        if condition is not None:
-            latest = await conn.fetchrow(
-                "SELECT etag, delete_marker FROM objects WHERE bucket = $1 AND key = $2 AND latest",
-                v.bucket,
-                v.key,
-            )
-            condition.check(None if latest is None or latest["delete_marker"] else latest["etag"])
+        await cls._check(conn, v, condition)
         # One statement drops the replaced null version, demotes the latest one, and reads
         # the next seq (from the statement's snapshot, stable under the key's lock).
         seq = await conn.fetchval(
@@ -576,11 +745,14 @@ class PostgresMetadataStore:
         event: str = "ObjectCreated:Put",
         condition: WriteCondition | None = None,
     ) -> None:
-        if await self._bucket_shard(version.bucket) is None:
-            raise S3Error("NoSuchBucket", BucketName=version.bucket)
-        await self._index(staged)
-        async with self._bucket_tx(version.bucket, version.key) as conn:
-            await self._put_version(conn, version, event, condition)
+        """Commit ``version``: its bracket (the key's transaction) first, then the write
+        condition, the claim, and the version (module docstring)."""
+        plan = claim_plan(self._ring, staged, version.manifest)
+        async with self._bucket_tx(version.bucket, version.key, bracket=plan is not None) as conn:
+            await self._check(conn, version, condition)
+            if plan is not None:
+                await self._claim(plan)
+            await self._put_version(conn, version, event)
 
     async def get_object(self, bucket: str, key: str, version_id: str | None = None) -> ObjectVersion | None:
         shard = await self._bucket_shard(bucket)
@@ -730,10 +902,25 @@ class PostgresMetadataStore:
         shard = await self._upload_shard(upload_id)
         if shard is None:
             raise S3Error("NoSuchUpload", UploadId=upload_id)
-        await self._index(staged)
+        plan = claim_plan(self._ring, staged, part.manifest)
+        if plan is None:
+            await self._insert_part(self._pool(shard), upload_id, part)
+            return
+        # The bracket: the upload row share-locked, a transaction id, then the claim.
+        async with self._brackets[shard], self._tx(shard) as conn:
+            if not await conn.fetchval(
+                "SELECT pg_current_xact_id() IS NOT NULL FROM uploads WHERE upload_id = $1 FOR SHARE",
+                upload_id,
+            ):
+                self._upload_shards.pop(upload_id)
+                raise S3Error("NoSuchUpload", UploadId=upload_id)
+            await self._claim(plan)
+            await self._insert_part(conn, upload_id, part)
+
+    async def _insert_part(self, db: asyncpg.Connection | asyncpg.Pool, upload_id: str, part: Part) -> None:
         # One statement: the upload row is share-locked, so a racing complete/abort either
         # sees this part or makes it fail.
-        status = await self._pool(shard).execute(
+        status = await db.execute(
             f"INSERT INTO parts (upload_id, {_PART_COLS}) "
             "SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS "
             "(SELECT 1 FROM uploads WHERE upload_id = $1 FOR SHARE) "
@@ -996,4 +1183,357 @@ class PostgresMetadataStore:
             packs=total["packs"],
             pack_bytes=total["pack_bytes"],
             bytes_by_class=dict(by_class),
+        )
+
+    # -- garbage collection and key jobs (MaintenanceStore) -----------------------------
+    async def settle_commits(self) -> None:
+        """Wait until every transaction that is running on any shard now has ended: every
+        bracketed commit whose claim may have run before this call has then committed its
+        version or dropped it (module docstring). Each shard hands out a transaction id as
+        the fence (ids grow, and committing it makes every older running one show in a
+        snapshot); then this polls until the oldest running transaction is younger than it.
+        Holds no connection while waiting."""
+        fences = await self._each_shard(lambda c, s: c.fetchval("SELECT pg_current_xact_id()::text"))
+        waiting = dict(enumerate(fences))
+        warn_at = time.monotonic() + SETTLE_WARN_SECONDS
+        while True:
+            running = await _all(
+                self._pool(shard).fetchval(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot()) < $1::text::xid8", fence
+                )
+                for shard, fence in waiting.items()
+            )
+            waiting = {s: fence for (s, fence), busy in zip(waiting.items(), running, strict=True) if busy}
+            if not waiting:
+                return
+            if time.monotonic() >= warn_at:
+                log.warning("waiting for transactions older than this gc step on shards %s", sorted(waiting))
+                warn_at = time.monotonic() + SETTLE_WARN_SECONDS
+            await asyncio.sleep(SETTLE_POLL_SECONDS)
+
+    async def _per_chunk_shard(
+        self, chunk_ids: list[bytes], fn: Callable[[asyncpg.Pool, list[bytes]], Awaitable[T]]
+    ) -> list[T]:
+        """``fn(pool, ids)`` on the shard of each group of ``chunk_ids``, concurrently."""
+        groups = _group(sorted(set(chunk_ids)), self._ring.chunk_shard)
+        return await _all(fn(self._pool(s), ids) for s, ids in groups.items())
+
+    async def _per_pack_shard(
+        self, pack_ids: Iterable[str], fn: Callable[[int, list[str]], Awaitable[T]]
+    ) -> list[T]:
+        """``fn(shard, ids)`` for each pack shard's group of ``pack_ids``, concurrently."""
+        groups = _group(sorted(set(pack_ids)), self._ring.pack_shard)
+        return await _all(fn(s, ids) for s, ids in groups.items())
+
+    async def scan_chunks(self, after: bytes | None, limit: int) -> list[IndexedChunk]:
+        async def page(conn: asyncpg.Connection, shard: int) -> list[IndexedChunk]:
+            rows = await conn.fetch(
+                "SELECT chunk_id, pack_id, length, created, condemned_at FROM chunks "
+                "WHERE chunk_id > $1 ORDER BY chunk_id LIMIT $2",
+                after or b"",
+                limit,
+            )
+            return [IndexedChunk(*r) for r in rows]
+
+        return await self._merged(page, lambda c: c.chunk_id, limit)
+
+    async def condemn_chunks(self, chunk_ids: list[bytes], at: float) -> int:
+        counts = await self._per_chunk_shard(
+            chunk_ids,
+            lambda pool, ids: pool.execute(
+                "UPDATE chunks SET condemned_at = $2 WHERE chunk_id = ANY($1::bytea[]) "
+                "AND condemned_at IS NULL",
+                ids,
+                at,
+            ),
+        )
+        return sum(map(_count, counts))
+
+    async def revive_chunks(self, chunk_ids: list[bytes]) -> int:
+        counts = await self._per_chunk_shard(
+            chunk_ids,
+            lambda pool, ids: pool.execute(
+                "UPDATE chunks SET condemned_at = NULL WHERE chunk_id = ANY($1::bytea[]) "
+                "AND condemned_at IS NOT NULL",
+                ids,
+            ),
+        )
+        return sum(map(_count, counts))
+
+    async def sweep_chunks(self, chunk_ids: list[bytes], condemned_before: float) -> tuple[int, int]:
+        """Delete the rows still condemned at a time before ``condemned_before`` (the row lock
+        makes a racing commit's revival win or see the row gone)."""
+        swept = await self._per_chunk_shard(
+            chunk_ids,
+            lambda pool, ids: pool.fetchrow(
+                "WITH gone AS (DELETE FROM chunks WHERE chunk_id = ANY($1::bytea[]) AND condemned_at < $2"
+                " RETURNING length) SELECT count(*), COALESCE(sum(length), 0) FROM gone",
+                ids,
+                condemned_before,
+            ),
+        )
+        return sum(int(r[0]) for r in swept), sum(int(r[1]) for r in swept)
+
+    _PACK_COLS = "pack_id, kek_id, kek_version, wrapped_dek, size, created, retired_at"
+
+    @staticmethod
+    def _pack_record(r: asyncpg.Record) -> PackRecord:
+        wrapped = WrappedKey(r["kek_id"], r["kek_version"], r["wrapped_dek"])
+        return PackRecord(r["pack_id"], wrapped, r["size"])
+
+    async def _chunk_usage(self, pack_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """(chunk rows, record bytes) pointing into each of ``pack_ids`` that has any, summed
+        over every shard (a pack's rows live on the shards of their chunk ids)."""
+        if not pack_ids:
+            return {}
+        pages = await self._each_shard(
+            lambda c, s: c.fetch(
+                "SELECT pack_id, count(*), COALESCE(sum(length), 0) FROM chunks "
+                "WHERE pack_id = ANY($1::text[]) GROUP BY pack_id",
+                pack_ids,
+            )
+        )
+        usage: dict[str, tuple[int, int]] = {}
+        for rows in pages:
+            for pack_id, n, nbytes in rows:
+                old = usage.get(pack_id, (0, 0))
+                usage[pack_id] = (old[0] + int(n), old[1] + int(nbytes))
+        return usage
+
+    async def scan_pack_usage(self, after: str | None, limit: int) -> list[PackUsage]:
+        async def page(conn: asyncpg.Connection, shard: int) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                f"SELECT {self._PACK_COLS} FROM packs WHERE pack_id > $1 ORDER BY pack_id LIMIT $2",
+                after or "",
+                limit,
+            )
+
+        packs = await self._merged(page, lambda r: r["pack_id"], limit)
+        usage = await self._chunk_usage([r["pack_id"] for r in packs])
+        return [
+            PackUsage(self._pack_record(r), r["created"], r["retired_at"], *usage.get(r["pack_id"], (0, 0)))
+            for r in packs
+        ]
+
+    async def pack_chunks(self, pack_id: str, after_offset: int, limit: int) -> list[NewChunk]:
+        async def page(conn: asyncpg.Connection, shard: int) -> list[NewChunk]:
+            rows = await conn.fetch(
+                "SELECT chunk_id, pack_id, pack_offset, length, plain_len, flags FROM chunks "
+                "WHERE pack_id = $1 AND pack_offset > $2 ORDER BY pack_offset LIMIT $3",
+                pack_id,
+                after_offset,
+                limit,
+            )
+            return [NewChunk(r[0], ChunkLocation(*r[1:])) for r in rows]
+
+        return await self._merged(page, lambda n: n.location.offset, limit)
+
+    async def _set_retired(self, pack_ids: list[str], at: float | None) -> list[str]:
+        """Retire the live ones of ``pack_ids`` at ``at``, or (None) un-retire the retired ones."""
+        where = "retired_at IS NULL" if at is not None else "retired_at IS NOT NULL"
+        changed = await self._per_pack_shard(
+            pack_ids,
+            lambda s, ids: self._pool(s).fetch(
+                f"UPDATE packs SET retired_at = $2 WHERE pack_id = ANY($1::text[]) AND {where} "
+                "RETURNING pack_id",
+                ids,
+                at,
+            ),
+        )
+        return [r[0] for rows in changed for r in rows]
+
+    async def retire_packs(self, pack_ids: list[str], at: float) -> list[str]:
+        """Retire those of ``pack_ids`` no chunk row points into (looked up on every shard
+        first, so a commit may still add rows: :meth:`delete_retired_packs` re-checks)."""
+        busy = await self._chunk_usage(pack_ids)
+        return await self._set_retired([p for p in pack_ids if p not in busy], at)
+
+    async def delete_retired_packs(self, retired_before: float, limit: int) -> list[PackRecord]:
+        """Drop the records of packs retired before ``retired_before`` that no chunk row points
+        into, tombstoning their ids: after settling the commits in flight (module docstring),
+        each pack shard deletes under the packs' exclusive locks, re-checking ``retired_at``.
+        A retired pack found with chunk rows is un-retired."""
+        while True:
+            pages = await self._each_shard(
+                lambda c, s: c.fetch(
+                    "SELECT pack_id FROM packs WHERE retired_at < $1 ORDER BY pack_id LIMIT $2",
+                    retired_before,
+                    limit,
+                )
+            )
+            candidates = sorted(r[0] for rows in pages for r in rows)[:limit]
+            if not candidates:
+                return []
+            await self.settle_commits()
+            busy = await self._chunk_usage(candidates)
+            if busy:
+                await self._set_retired(list(busy), None)
+            idle = [p for p in candidates if p not in busy]
+            delete = functools.partial(self._delete_packs, retired_before=retired_before, now=time.time())
+            deleted = await self._per_pack_shard(idle, delete)
+            gone = [record for records in deleted for record in records]
+            if gone:
+                return gone
+
+    async def _delete_packs(
+        self, shard: int, pack_ids: list[str], *, retired_before: float, now: float
+    ) -> list[PackRecord]:
+        async with self._tx(shard) as conn:
+            await conn.execute("SELECT strata_lock_packs($1::text[], true)", pack_ids)
+            rows = await conn.fetch(
+                "WITH gone AS (DELETE FROM packs WHERE pack_id = ANY($1::text[]) AND retired_at < $2"
+                f" RETURNING {self._PACK_COLS}),"
+                " tomb AS (INSERT INTO pack_tombstones (pack_id, deleted) SELECT pack_id, $3 FROM gone"
+                " ON CONFLICT DO NOTHING)"
+                " SELECT * FROM gone ORDER BY pack_id",
+                pack_ids,
+                retired_before,
+                now,
+            )
+        return [self._pack_record(r) for r in rows]
+
+    async def tombstone_orphans(self, pack_ids: list[str], at: float) -> list[str]:
+        """Tombstone those of ``pack_ids`` without a record, under the packs' exclusive locks,
+        so a commit inserting one either came first (it has a record) or sees the tombstone."""
+
+        async def one(shard: int, ids: list[str]) -> list[str]:
+            async with self._tx(shard) as conn:
+                await conn.execute("SELECT strata_lock_packs($1::text[], true)", ids)
+                rows = await conn.fetch(
+                    "WITH orphan AS (SELECT id FROM unnest($1::text[]) AS id"
+                    " WHERE NOT EXISTS (SELECT 1 FROM packs WHERE pack_id = id)),"
+                    " tomb AS (INSERT INTO pack_tombstones (pack_id, deleted) SELECT id, $2 FROM orphan"
+                    " ON CONFLICT DO NOTHING)"
+                    " SELECT id FROM orphan",
+                    ids,
+                    at,
+                )
+            return [r[0] for r in rows]
+
+        orphans = {p for found in await self._per_pack_shard(pack_ids, one) for p in found}
+        return [p for p in pack_ids if p in orphans]
+
+    async def prune_tombstones(self, before: float) -> int:
+        counts = await self._each_shard(
+            lambda c, s: c.execute("DELETE FROM pack_tombstones WHERE deleted < $1", before)
+        )
+        return sum(map(_count, counts))
+
+    async def repoint_chunks(self, pack: PackRecord, moves: list[ChunkMove]) -> int:
+        """The new pack's record first, then on each chunk shard one statement moving the rows
+        that still point at the copied record."""
+        await self._index(StagedData([pack], []))
+        by_id = {m.chunk_id: m for m in moves}
+
+        async def move(pool: asyncpg.Pool, ids: list[bytes]) -> str:
+            ms = [by_id[i] for i in ids]
+            return await pool.execute(
+                "UPDATE chunks AS c SET pack_id = m.pack_id, pack_offset = m.pack_offset,"
+                " length = m.length, flags = m.flags"
+                " FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::int[],"
+                " $7::int[]) AS m(chunk_id, old_pack, old_offset, pack_id, pack_offset, length, flags)"
+                " WHERE c.chunk_id = m.chunk_id AND c.pack_id = m.old_pack AND c.pack_offset = m.old_offset",
+                ids,
+                [m.old_pack_id for m in ms],
+                [m.old_offset for m in ms],
+                [m.location.pack_id for m in ms],
+                [m.location.offset for m in ms],
+                [m.location.length for m in ms],
+                [m.location.flags for m in ms],
+            )
+
+        return sum(map(_count, await self._per_chunk_shard(list(by_id), move)))
+
+    # (table, id column, wrapped-key column) of each kind of row that holds a wrapped key:
+    # pack DEKs on every shard, users and access keys on the catalog
+    _WRAPPED: dict[str, tuple[str, str, str]] = {
+        "pack": ("packs", "pack_id", "wrapped_dek"),
+        "user": ("users", "name", "dedup_key"),
+        "access_key": ("access_keys", "access_key", "secret"),
+    }
+
+    async def scan_wrapped_keys(
+        self, kind: WrappedKeyKind, kek_id: str, below_version: int, after: str | None, limit: int
+    ) -> list[tuple[str, WrappedKey]]:
+        table, id_col, blob_col = self._WRAPPED[kind]
+        sql = (
+            f"SELECT {id_col}, kek_id, kek_version, {blob_col} FROM {table} "
+            f"WHERE kek_id = $1 AND kek_version < $2 AND {id_col} > $3 ORDER BY {id_col} LIMIT $4"
+        )
+
+        async def page(db: asyncpg.Connection | asyncpg.Pool, shard: int = 0) -> list[tuple[str, WrappedKey]]:
+            rows = await db.fetch(sql, kek_id, below_version, after or "", limit)
+            return [(r[0], WrappedKey(r[1], r[2], r[3])) for r in rows]
+
+        if kind == "pack":
+            return await self._merged(page, lambda row: row[0], limit)
+        return await page(self._catalog)
+
+    async def rewrap_keys(self, kind: WrappedKeyKind, rows: list[tuple[str, WrappedKey, WrappedKey]]) -> int:
+        """Replace each row's key with the new one if it still holds the old one (one
+        statement per shard)."""
+        table, id_col, blob_col = self._WRAPPED[kind]
+        by_id = {row_id: (old, new) for row_id, old, new in rows}
+
+        async def one(shard: int, ids: list[str]) -> int:
+            olds, news = [by_id[i][0] for i in ids], [by_id[i][1] for i in ids]
+            return _count(
+                await self._pool(shard).execute(
+                    f"UPDATE {table} AS t SET kek_id = n.new_kek, kek_version = n.new_version,"
+                    f" {blob_col} = n.new_blob FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[],"
+                    " $5::text[], $6::int[], $7::bytea[])"
+                    " AS n(id, old_kek, old_version, old_blob, new_kek, new_version, new_blob)"
+                    f" WHERE t.{id_col} = n.id AND t.kek_id = n.old_kek AND t.kek_version = n.old_version"
+                    f" AND t.{blob_col} = n.old_blob",
+                    ids,
+                    [o.kek_id for o in olds],
+                    [o.kek_version for o in olds],
+                    [o.blob for o in olds],
+                    [n.kek_id for n in news],
+                    [n.kek_version for n in news],
+                    [n.blob for n in news],
+                )
+            )
+
+        if kind == "pack":
+            return sum(await self._per_pack_shard(by_id, one))
+        return await one(0, sorted(by_id)) if by_id else 0
+
+    async def claim_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Take or renew lease ``name`` on the catalog; expiry by the database's clock."""
+        status = await self._catalog.execute(
+            "WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) "
+            "INSERT INTO leases (name, owner, expires) SELECT $1, $2, now.t + $3 FROM now "
+            "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, expires = EXCLUDED.expires "
+            "WHERE leases.owner = EXCLUDED.owner OR leases.expires < extract(epoch FROM clock_timestamp())",
+            name,
+            owner,
+            ttl_seconds,
+        )
+        return _count(status) == 1
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self._catalog.execute("DELETE FROM leases WHERE name = $1 AND owner = $2", name, owner)
+
+    async def lease_holder(self, name: str) -> str | None:
+        owner = await self._catalog.fetchval(
+            "SELECT owner FROM leases WHERE name = $1 AND expires >= extract(epoch FROM clock_timestamp())",
+            name,
+        )
+        return None if owner is None else str(owner)
+
+    async def get_job(self, name: str) -> dict[str, Any] | None:
+        state = await self._catalog.fetchval("SELECT state FROM maintenance_jobs WHERE name = $1", name)
+        return None if state is None else dict(json.loads(state))
+
+    async def put_job(self, name: str, state: dict[str, Any] | None) -> None:
+        if state is None:
+            await self._catalog.execute("DELETE FROM maintenance_jobs WHERE name = $1", name)
+            return
+        await self._catalog.execute(
+            "INSERT INTO maintenance_jobs (name, state, updated) VALUES ($1, $2, $3) "
+            "ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, updated = EXCLUDED.updated",
+            name,
+            json.dumps(state),
+            time.time(),
         )

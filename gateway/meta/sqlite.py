@@ -113,6 +113,10 @@ CREATE TABLE IF NOT EXISTS relay_state (
     shard INTEGER PRIMARY KEY, cursor INTEGER NOT NULL DEFAULT 0, owner TEXT,
     expires REAL NOT NULL DEFAULT 0);
 """,  # the event relay's cursor and lease (gateway/events.py)
+    6: """
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
+""",  # exclusive maintenance jobs across processes (gateway/maintenance/lease.py)
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -235,6 +239,8 @@ outbox_event = _event  # the object-change event JSON, shared with the PostgreSQ
 
 class SqliteMetadataStore:
     """The embedded metadata store: one SQLite file in the data dir."""
+
+    index_survives_failed_commit = False  # the index rows are in the commit's transaction
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -854,6 +860,9 @@ class SqliteMetadataStore:
         return await self._read(run)
 
     # -- garbage collection and key jobs (MaintenanceStore) -----------------------------
+    async def settle_commits(self) -> None:
+        """Nothing to wait for: a commit's claim and its version are one transaction."""
+
     async def scan_chunks(self, after: bytes | None, limit: int) -> list[IndexedChunk]:
         rows = await self._read(
             lambda c: c.execute(
@@ -989,6 +998,30 @@ class SqliteMetadataStore:
 
         return await self._write(tx)
 
+    async def claim_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        def tx(c: sqlite3.Connection) -> bool:
+            now = time.time()
+            cur = c.execute(
+                "INSERT INTO leases (name, owner, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "
+                "WHERE leases.owner = excluded.owner OR leases.expires < ?",
+                (name, owner, now + ttl_seconds, now),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(tx)
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self._write(lambda c: c.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner)))
+
+    async def lease_holder(self, name: str) -> str | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT owner FROM leases WHERE name=? AND expires >= ?", (name, time.time())
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
     async def get_job(self, name: str) -> dict[str, Any] | None:
         row = await self._read(
             lambda c: c.execute("SELECT state FROM maintenance_jobs WHERE name=?", (name,)).fetchone()
@@ -1061,11 +1094,13 @@ class SqliteMetadataStore:
     async def trim_outbox(self, shard: int, before: int, limit: int) -> int:
         """Delete up to ``limit`` outbox rows with seq < ``before`` that the relay published."""
         return await self._write(
-            lambda c: c.execute(
-                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq < ? AND seq <= "
-                "(SELECT COALESCE(MAX(cursor), 0) FROM relay_state WHERE shard=?) ORDER BY seq LIMIT ?)",
-                (before, shard, limit),
-            ).rowcount
+            lambda c: (
+                c.execute(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq < ? AND seq <= "
+                    "(SELECT COALESCE(MAX(cursor), 0) FROM relay_state WHERE shard=?) ORDER BY seq LIMIT ?)",
+                    (before, shard, limit),
+                ).rowcount
+            )
         )
 
     # -- audit log ----------------------------------------------------------------------

@@ -39,6 +39,12 @@ from gateway.meta.models import (
 
 
 class MetadataStore(Protocol):
+    # False: a put_object/put_part that failed indexed nothing, so the caller may delete the
+    # packs its ingest wrote. True (sharded PostgreSQL): the chunk rows are indexed on other
+    # shards before the version commits, and dedup may have found them before the commit
+    # failed: the packs must stay, and gc reclaims them.
+    index_survives_failed_commit: bool
+
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -168,6 +174,7 @@ class MaintenanceStore(MetadataStore, Protocol):
     async def condemn_chunks(self, chunk_ids: list[bytes], at: float) -> int: ...  # those not condemned
     async def revive_chunks(self, chunk_ids: list[bytes]) -> int: ...  # clear condemned_at
     async def sweep_chunks(self, chunk_ids: list[bytes], condemned_before: float) -> tuple[int, int]: ...
+
     # ^ delete the rows still condemned at a time < condemned_before; returns (rows, record bytes)
 
     # packs, by pack id (keyset pages)
@@ -183,6 +190,7 @@ class MaintenanceStore(MetadataStore, Protocol):
     # ^ of blobs found in the backend: those with no pack row (now tombstoned): safe to delete
     async def prune_tombstones(self, before: float) -> int: ...
     async def repoint_chunks(self, pack: PackRecord, moves: list[ChunkMove]) -> int: ...
+
     # ^ insert the new pack's row and move the rows still at their old place; returns rows moved
 
     # wrapped keys (KEK rotation), by row id (keyset pages)
@@ -192,8 +200,18 @@ class MaintenanceStore(MetadataStore, Protocol):
     async def rewrap_keys(
         self, kind: WrappedKeyKind, rows: list[tuple[str, WrappedKey, WrappedKey]]
     ) -> int: ...
+
     # ^ (row id, old, new): replaces each row's key only if it still holds ``old``
 
     # durable state of resumable jobs (None deletes)
+    # One holder at a time across processes, until ``ttl_seconds`` pass without a renewal
+    # (claiming again as the same owner renews); gateway/maintenance/lease.py.
+    async def claim_lease(self, name: str, owner: str, ttl_seconds: float) -> bool: ...
+    async def release_lease(self, name: str, owner: str) -> None: ...  # only if ``owner`` holds it
+    async def lease_holder(self, name: str) -> str | None: ...  # the owner of an unexpired lease
     async def get_job(self, name: str) -> dict[str, Any] | None: ...
     async def put_job(self, name: str, state: dict[str, Any] | None) -> None: ...
+
+    # wait until every commit in flight now has ended (gc, as each mark begins). A store
+    # whose commits check their chunks in the commit transaction has nothing to wait for.
+    async def settle_commits(self) -> None: ...

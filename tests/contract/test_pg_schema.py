@@ -4,6 +4,7 @@ packs on their shards, and an outbox that never lets a late commit fall behind a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from gateway.s3.errors import S3Error
 from .test_metadata_store import _staged, _version
 
 Databases = Callable[[int], tuple[str, ...]]
+ALL_VERSIONS = [m.version for m in pg_migrations.MIGRATIONS]
 
 
 def _config(dsns: tuple[str, ...]) -> MetaConfig:
@@ -68,12 +70,12 @@ async def test_open_refuses_unmigrated_shards_until_migrate(pg_databases: Databa
     # Only the first shard migrated: the message names the next one.
     conn = await asyncpg.connect(dsns[0])
     try:
-        assert await pg_migrations.migrate_shard(conn, 0, 3) == [m.version for m in pg_migrations.MIGRATIONS]
+        assert await pg_migrations.migrate_shard(conn, 0, 3) == ALL_VERSIONS
     finally:
         await conn.close()
     with pytest.raises(SchemaError, match=r"shard 1 is at version 0; .* run `strata db migrate`"):
         await _open(dsns)
-    assert await pg_migrations.migrate(_config(dsns)) == [[], [1], [1]]
+    assert await pg_migrations.migrate(_config(dsns)) == [[], ALL_VERSIONS, ALL_VERSIONS]
     assert await pg_migrations.migrate(_config(dsns)) == [[], [], []]  # a second run is a no-op
     store = await _open(dsns)
     try:
@@ -110,10 +112,13 @@ def test_db_migrate_and_status_commands(pg_databases: Databases) -> None:
     assert f"shard 0 (catalog+data): schema version 0 (needs {SCHEMA_VERSION}), buckets ?" in before.stdout
     first = _strata("db", "migrate", dsns=dsns)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines() == [f"shard {i}: applied 1 (schema version 1)" for i in range(2)]
+    applied = ", ".join(map(str, ALL_VERSIONS))
+    assert first.stdout.splitlines() == [
+        f"shard {i}: applied {applied} (schema version {SCHEMA_VERSION})" for i in range(2)
+    ]
     again = _strata("db", "migrate", dsns=dsns)
     assert again.stdout.splitlines() == [
-        f"shard {i}: already up to date (schema version 1)" for i in range(2)
+        f"shard {i}: already up to date (schema version {SCHEMA_VERSION})" for i in range(2)
     ]
 
     async def make_buckets() -> list[int]:
@@ -129,8 +134,8 @@ def test_db_migrate_and_status_commands(pg_databases: Databases) -> None:
     after = _strata("db", "status", dsns=dsns)
     assert after.returncode == 0, after.stderr
     assert after.stdout.splitlines() == [
-        f"shard 0 (catalog+data): schema version 1 (up to date), buckets {shards.count(0)}",
-        f"shard 1 (data): schema version 1 (up to date), buckets {shards.count(1)}",
+        f"shard 0 (catalog+data): schema version {SCHEMA_VERSION} (up to date), buckets {shards.count(0)}",
+        f"shard 1 (data): schema version {SCHEMA_VERSION} (up to date), buckets {shards.count(1)}",
     ]
     unreachable = _strata("db", "migrate", dsns=("postgresql://postgres@127.0.0.1:1/none",))
     assert unreachable.returncode == 1 and "strata db migrate:" in unreachable.stderr
@@ -220,5 +225,52 @@ async def test_outbox_never_skips_a_transaction_that_commits_late(pg4_dsns: tupl
         assert await store.read_outbox(2, 100, shard) == []
         with pytest.raises(ValueError):
             await store.read_outbox(0, 1, 4)
+    finally:
+        await store.close()
+
+
+async def test_db_migrate_upgrades_a_store_created_at_version_1(pg_databases: Databases) -> None:
+    """A deployment created by the previous Strata (schema version 1), with data in it:
+    ``strata db migrate`` applies only version 2 and gc and key jobs then work on that data."""
+    dsns = pg_databases(2)
+    assert await pg_migrations.migrate(_config(dsns), target=1) == [[1], [1]]
+    ring = HashRing(2)
+    cid = bytes(range(32))
+    await _rows(
+        dsns[ring.pack_shard("old-pack")],
+        "INSERT INTO packs (pack_id, kek_id, kek_version, wrapped_dek, size, created) "
+        "VALUES ('old-pack', 'local', 1, '\\x00', 500, 1.0) RETURNING pack_id",
+    )
+    await _rows(
+        dsns[ring.chunk_shard(cid)],
+        "INSERT INTO chunks (chunk_id, pack_id, pack_offset, length, plain_len, flags, created) "
+        "VALUES ($1, 'old-pack', 10, 50, 40, 1, 1.0) RETURNING chunk_id",
+        cid,
+    )
+    with pytest.raises(SchemaError, match=f"version 1; this Strata needs {SCHEMA_VERSION}"):
+        await _open(dsns)
+    done = await asyncio.to_thread(_strata, "db", "migrate", dsns=dsns)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"shard {i}: applied {', '.join(map(str, ALL_VERSIONS[1:]))} (schema version {SCHEMA_VERSION})"
+        for i in range(2)
+    ]
+    store = await _open(dsns)
+    try:
+        (usage,) = await store.scan_pack_usage(None, 10)
+        assert (usage.pack.pack_id, usage.retired_at, usage.live_chunks, usage.live_bytes) == (
+            "old-pack", None, 1, 50,
+        )  # fmt: skip
+        assert [c.chunk_id for c in await store.scan_chunks(None, 10)] == [cid]
+        assert await store.get_job("keys-rotate") is None
+        assert await store.create_bucket(Bucket("b", "root", "us-east-1", 0.0))
+        await store.put_object(_version("k", bucket="b"), StagedData([], []))  # manifest-free
+        cid2, staged = _staged(9, "new-pack")  # the commit's claim uses migration 2's functions
+        await store.put_object(_version("k2", bucket="b"), staged)
+        assert set(await store.lookup_chunks([cid, cid2])) == {cid, cid2}
+        assert await store.condemn_chunks([cid], 5.0) == 1
+        assert await store.sweep_chunks([cid], 6.0) == (1, 50)
+        assert await store.retire_packs(["old-pack"], 7.0) == ["old-pack"]
+        assert [p.pack_id for p in await store.delete_retired_packs(8.0, 10)] == ["old-pack"]
     finally:
         await store.close()

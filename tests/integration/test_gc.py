@@ -369,3 +369,27 @@ def test_serve_runs_gc_on_its_interval(strata_factory: Callable[..., StrataServe
         assert time.monotonic() < deadline, "the scheduled gc did not reclaim the deleted object"
         time.sleep(0.5)
     assert get(client, "sched", "keep") == keep
+
+
+def test_maintenance_jobs_are_exclusive_across_processes(server: StrataServer) -> None:
+    """While one process holds the maintenance lease (a gc inside a gateway, say), gc, key
+    jobs and index rebuilds from another process refuse to start and change nothing."""
+    expires = time.time() + 300
+    with sqlite3.connect(server.data_dir / "meta.sqlite") as c:
+        c.execute(
+            "INSERT INTO leases (name, owner, expires) VALUES ('maintenance', 'elsewhere', ?)", (expires,)
+        )
+    for args in (
+        ["gc", "--grace", "0"],
+        ["keys", "rotate"],
+        ["keys", "reencrypt"],
+        ["fsck", "--rebuild-index"],
+    ):
+        busy = strata(*args, "--data-dir", str(server.data_dir))
+        assert busy.returncode == 2, (args, busy.stderr)
+        assert "lease" in busy.stderr
+    assert rows(server.data_dir, "SELECT COUNT(*) FROM maintenance_jobs") == [(0,)]
+    with sqlite3.connect(server.data_dir / "meta.sqlite") as c:
+        c.execute("DELETE FROM leases")
+    gc(server, "--grace", "0")
+    assert rows(server.data_dir, "SELECT COUNT(*) FROM leases") == [(0,)]  # released at the end
