@@ -24,8 +24,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support.s3 import delete_bucket_recursive, make_client, unique_bucket
+from support.seaweed import seaweed
 from support.server import StrataServer, make_self_signed_cert
 
+__all__ = ["seaweed"]  # session fixture: one SeaweedFS for every test that asks
 _RUNNING: list[StrataServer] = []
 
 

@@ -165,13 +165,23 @@ def _check_reads(ops: list[Op]) -> None:
         )
 
 
-@pytest.mark.parametrize("cache", ["none", "redis"])
+@pytest.mark.parametrize("profile", ["none", "redis", "redis+s3"])
 def test_two_gateways_on_the_same_store_stay_consistent(
-    strata_factory: Callable[..., StrataServer], pg_env: dict[str, str], tmp_path: Path, cache: str
+    strata_factory: Callable[..., StrataServer],
+    pg_env: dict[str, str],
+    tmp_path: Path,
+    profile: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """Without redis.url a shared store caches no versions; with it, both share Redis."""
+    """Without redis.url a shared store caches no versions; with it, both share Redis; and
+    with ``+s3`` the packs go to one SeaweedFS bucket (the whole production profile)."""
     env = dict(pg_env)
-    if cache == "redis":
+    packs_bucket = None
+    if profile.endswith("+s3"):
+        weed = request.getfixturevalue("seaweed")
+        packs_bucket = weed.create_bucket(f"packs-{os.urandom(4).hex()}")
+        env |= weed.backend_env(packs_bucket)
+    if profile.startswith("redis"):
         if not listening("127.0.0.1", 6379):
             pytest.skip("no Redis at 127.0.0.1:6379")
         env |= {
@@ -244,6 +254,9 @@ def test_two_gateways_on_the_same_store_stay_consistent(
             assert not any(top.end < w.start for w in mine.values()), f"{key}: latest is not the last write"
             expected = top.body
         assert [_read(c, bucket, key) for c in clients] == [expected, expected]  # both gateways agree
+    if packs_bucket is not None:  # the packs live in the shared S3 bucket, not on local disk
+        assert weed.keys(packs_bucket, "packs/")
+        assert not list((tmp_path / "shared").rglob("*.pack"))
 
 
 def _read(s3: Any, bucket: str, key: str) -> bytes | None:

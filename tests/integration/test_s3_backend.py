@@ -20,12 +20,10 @@ from awscrt import checksums
 from botocore.exceptions import ClientError, ResponseStreamingError
 from support.faultproxy import FaultProxy
 from support.s3 import error_code, http_status, make_client, unique_bucket
-from support.seaweed import ACCESS_KEY, REGION, SECRET_KEY, Seaweed, seaweed
+from support.seaweed import ACCESS_KEY, REGION, SECRET_KEY, Seaweed
 from support.server import StrataServer
 
 from gateway.backends.s3 import MiB, S3BlobBackend, S3Settings
-
-__all__ = ["seaweed"]  # fixture
 
 BOUND = 10.0  # seconds: a liveness bound for a client request while the backend is gone
 BREAKER_RESET = 1.0

@@ -85,6 +85,16 @@ class Seaweed:
             config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 3}),
         )
 
+    def backend_env(self, bucket: str) -> dict[str, str]:
+        """The environment that points a gateway's pack backend at ``bucket`` here."""
+        return {
+            "STRATA_BACKEND_ENDPOINT": self.endpoint,
+            "STRATA_BACKEND_BUCKET": bucket,
+            "STRATA_BACKEND_ACCESS_KEY": ACCESS_KEY,
+            "STRATA_BACKEND_SECRET_KEY": SECRET_KEY,
+            "STRATA_BACKEND_REGION": REGION,
+        }
+
     def create_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
         return name
@@ -149,7 +159,7 @@ def start_seaweed(root: Path, timeout: float = 30.0) -> Seaweed:
 
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    """One SeaweedFS for the test session (import this fixture into a test module)."""
+    """One SeaweedFS for the test session (registered in tests/conftest.py)."""
     weed = start_seaweed(tmp_path_factory.mktemp("seaweed"))
     yield weed
     weed.stop()
