@@ -183,17 +183,27 @@ class Ingestor:
         """
         session = _Session(self, dedup_key)
         chunker = StreamChunker(self.params)
-        queue: asyncio.Queue[bytearray | BaseException | None] = asyncio.Queue(maxsize=1)
+        batches = _batches(source, self.config.ingest_batch)
+        first = await anext(batches, None)  # nothing is stored yet: a failure here needs no cleanup
+        if first is None or len(first) < self.config.ingest_batch:
+            # The whole body is in hand (a small object, the common case): no reader task.
+            reader: asyncio.Future[None] | None = None
+            queue: asyncio.Queue[bytearray | BaseException | None] = asyncio.Queue()
+            for item in (first, None) if first is not None else (None,):
+                queue.put_nowait(item)
+        else:
+            queue = asyncio.Queue(maxsize=1)
+            queue.put_nowait(first)
 
-        async def produce() -> None:
-            try:
-                async for batch in _batches(source, self.config.ingest_batch):
-                    await queue.put(batch)
-                await queue.put(None)
-            except Exception as exc:  # handed to the consumer, which raises it
-                await queue.put(exc)
+            async def produce() -> None:
+                try:
+                    async for batch in batches:
+                        await queue.put(batch)
+                    await queue.put(None)
+                except Exception as exc:  # handed to the consumer, which raises it
+                    await queue.put(exc)
 
-        reader = asyncio.ensure_future(produce())
+            reader = asyncio.ensure_future(produce())
         hashing: asyncio.Future[None] | None = None
         size = 0
         try:
@@ -205,7 +215,10 @@ class Ingestor:
                     raise S3Error("EntityTooLarge", MaxSizeAllowed=str(max_size))
                 if hashing is not None:
                     await hashing
-                hashing = asyncio.ensure_future(self.cpu(update_digests, digests, batch, work=len(batch)))
+                if len(batch) < INLINE_MAX:
+                    update_digests(digests, batch)
+                else:
+                    hashing = asyncio.ensure_future(self.cpu(update_digests, digests, batch, work=len(batch)))
                 async with self._slots:
                     await session.add(
                         await self.cpu(partial(chunker.feed, batch, owned=True), work=len(batch))
@@ -218,12 +231,14 @@ class Ingestor:
                 await session.add(await self.cpu(chunker.finish, work=chunker.buffered), final=True)
             await session.close_pack()
         except BaseException:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             if hashing is not None:
                 with contextlib.suppress(BaseException):
                     await hashing
-            with contextlib.suppress(BaseException):
-                await reader
+            if reader is not None:
+                with contextlib.suppress(BaseException):
+                    await reader
             await session.abort()
             raise
         if self.on_ingest is not None:
