@@ -318,6 +318,19 @@ class SqliteMetadataStore:
         conn.execute("COMMIT")
         return outcomes
 
+    async def _read_aside(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a long read (whole-table aggregates) on a connection and thread of its own, so
+        it never holds up the request path's reader thread."""
+
+        def run() -> T:
+            conn = _connect(self._path)
+            try:
+                return fn(conn)
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(run)
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
             assert self._rconn is not None
@@ -857,7 +870,7 @@ class SqliteMetadataStore:
                 bytes_by_class={name: total for name, total in by_class},
             )
 
-        return await self._read(run)
+        return await self._read_aside(run)
 
     # -- garbage collection and key jobs (MaintenanceStore) -----------------------------
     async def settle_commits(self) -> None:
