@@ -71,7 +71,8 @@ class AuditLog:
     def finish(self, rec: RequestRecord) -> None:
         """Request finisher: audit ``rec`` if it was a mutation or an object download."""
         if self.enabled and rec.audited:
-            self.record(rec.audit_record())
+            for record in rec.audit_records():
+                self.record(record)
 
     def record(self, record: AuditRecord) -> None:
         if len(self._queue) >= self._capacity:

@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -62,6 +62,8 @@ class RequestRecord:
     bytes_out: int = 0
     bytes_stored: int = 0  # payload bytes ingested for this request (see Metrics.ingested)
     duration: float = 0.0  # seconds
+    # DeleteObjects: each (key, version id) it deleted, audited one record per key
+    deleted: list[tuple[str, str | None]] = field(default_factory=list)
 
     @classmethod
     def begin(cls, http: web.Request) -> RequestRecord:
@@ -124,20 +126,25 @@ class RequestRecord:
             "user": self.user,
         }
 
-    def audit_record(self) -> AuditRecord:
-        return AuditRecord(
-            time=self.time,
-            request_id=self.request_id,
-            user=self.user,
-            access_key=self.access_key,
-            action=self.operation,
-            bucket=self.bucket,
-            key=self.key,
-            version_id=self.version_id,
-            ip=self.remote_ip,
-            user_agent=self.user_agent,
-            status=self.status,
-        )
+    def audit_records(self) -> list[AuditRecord]:
+        """This request's audit records: one, or for DeleteObjects one per deleted key."""
+        targets = self.deleted or [(self.key, self.version_id)]
+        return [
+            AuditRecord(
+                time=self.time,
+                request_id=self.request_id,
+                user=self.user,
+                access_key=self.access_key,
+                action=self.operation,
+                bucket=self.bucket,
+                key=key,
+                version_id=version_id,
+                ip=self.remote_ip,
+                user_agent=self.user_agent,
+                status=self.status,
+            )
+            for key, version_id in targets
+        ]
 
 
 def current() -> RequestRecord | None:

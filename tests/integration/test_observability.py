@@ -366,3 +366,19 @@ def test_audit_records_in_the_store_and_the_outbox(tmp_path: Path) -> None:
         assert (e["action"], e["status"], e["bucket"], e["key"]) == (action, status, bucket, key)
         assert (e["user"], e["accessKeyId"], e["ip"]) == ("root", server.access_key, "127.0.0.1")
         assert "obs-audit-test/1.0" in e["userAgent"]
+
+
+def test_delete_objects_is_audited_per_key(tmp_path: Path) -> None:
+    with StrataServer(tmp_path / "data", log_path=tmp_path / "server.log") as server:
+        s3 = client(server)
+        bucket, _ = names()
+        s3.create_bucket(Bucket=bucket)
+        for key in ("a", "b"):
+            s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+        request = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "a"}, {"Key": "b"}]})
+        request_id = request["ResponseMetadata"]["RequestId"]
+    audit, outbox = asyncio.run(_read_store(server.data_dir / "meta.sqlite"))
+    rows = [(r.action, r.bucket, r.key, r.status) for r in audit if r.request_id == request_id]
+    assert sorted(rows) == [("DeleteObjects", bucket, "a", 200), ("DeleteObjects", bucket, "b", 200)]
+    events = [e["key"] for e in outbox if e.get("kind") == "audit" and e["requestId"] == request_id]
+    assert sorted(events) == ["a", "b"]

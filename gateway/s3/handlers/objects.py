@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.ingest import IngestResult
 from gateway.meta.models import NULL_VERSION, ObjectVersion, WriteCondition
+from gateway.observability.record import current as observation
 from gateway.s3 import tags
 from gateway.s3.acl import check_acl_headers
 from gateway.s3.addressing import validate_key
@@ -276,6 +277,7 @@ async def delete_objects(req: S3Request) -> web.StreamResponse:
     await req.owned_bucket()
     quiet, keys = _delete_request(await req.read_document(require_digest=True))
     children: list[Node] = []
+    observed = observation()
     for key, version_id in keys:
         try:
             validate_key(key)
@@ -283,6 +285,8 @@ async def delete_objects(req: S3Request) -> web.StreamResponse:
         except S3Error as err:
             children.append(("Error", [("Key", key), ("Code", err.code), ("Message", err.message)]))
             continue
+        if observed is not None:  # audited one record per key
+            observed.deleted.append((key, version_id or outcome.version_id))
         if not quiet:
             entry: list[Node] = [("Key", key)]
             if version_id is not None:
