@@ -141,6 +141,14 @@ from gateway.meta.models import (
     WriteCondition,
 )
 from gateway.meta.pg_migrations import check_schema, read_schema
+from gateway.meta.rows import (
+    OBJECT_COLUMNS,
+    UPLOAD_COLUMNS,
+    upload_from_row,
+    upload_values,
+    version_from_row,
+    version_values,
+)
 from gateway.meta.shards import HashRing, advisory_key
 from gateway.meta.sqlite import outbox_event
 from gateway.meta.store import StorageStats, WrappedKeyKind
@@ -160,14 +168,6 @@ SWEPT_CHUNK = "A chunk this upload reuses was garbage-collected meanwhile; retry
 DELETED_PACK = "A pack of this upload was garbage-collected meanwhile; retry."
 log = logging.getLogger("strata.meta")
 
-_OBJECT_COLS = (
-    "bucket, key, version_id, size, etag, last_modified, manifest, content_type, headers, "
-    "user_meta, checksum, parts, storage_class, delete_marker, tags"
-)
-_UPLOAD_COLS = (
-    "upload_id, bucket, key, initiated, owner, content_type, headers, user_meta, "
-    "checksum_algorithm, checksum_type, tags"
-)
 _PART_COLS = "part_number, size, etag, last_modified, manifest, checksum"
 
 
@@ -218,41 +218,9 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-def _version_args(v: ObjectVersion) -> tuple[Any, ...]:
-    return (
-        v.bucket, v.key, v.version_id, v.size, v.etag, v.last_modified, v.manifest.encode(),
-        v.content_type, json.dumps(v.headers), json.dumps(v.user_meta), json.dumps(v.checksum),
-        v.parts, v.storage_class, v.delete_marker, json.dumps(v.tags),
-    )  # fmt: skip
-
-
-def _version(r: asyncpg.Record) -> ObjectVersion:
-    return ObjectVersion(
-        bucket=r["bucket"],
-        key=r["key"],
-        version_id=r["version_id"],
-        size=r["size"],
-        etag=r["etag"],
-        last_modified=r["last_modified"],
-        manifest=Manifest.decode(r["manifest"]),
-        content_type=r["content_type"],
-        headers=json.loads(r["headers"]),
-        user_meta=json.loads(r["user_meta"]),
-        checksum=json.loads(r["checksum"]),
-        parts=r["parts"],
-        storage_class=r["storage_class"],
-        delete_marker=r["delete_marker"],
-        tags=json.loads(r["tags"]),
-        is_latest=r["latest"],
-    )
-
-
-def _upload(r: asyncpg.Record) -> MultipartUpload:
-    return MultipartUpload(
-        r["upload_id"], r["bucket"], r["key"], r["initiated"], r["owner"], r["content_type"],
-        json.loads(r["headers"]), json.loads(r["user_meta"]), r["checksum_algorithm"],
-        r["checksum_type"], json.loads(r["tags"]),
-    )  # fmt: skip
+def _params(n: int) -> str:
+    """``$1, $2, ... $n``."""
+    return ", ".join(f"${i}" for i in range(1, n + 1))
 
 
 def _part(r: asyncpg.Record) -> Part:
@@ -730,9 +698,9 @@ class PostgresMetadataStore:
             v.version_id == NULL_VERSION,
         )
         await conn.execute(
-            f"INSERT INTO objects ({_OBJECT_COLS}, seq, latest) VALUES "
+            f"INSERT INTO objects ({OBJECT_COLUMNS}, seq, latest) VALUES "
             "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, true)",
-            *_version_args(v),
+            *version_values(v),
             seq,
         )
         detail = {} if v.delete_marker else {"size": v.size, "eTag": v.etag}
@@ -758,12 +726,12 @@ class PostgresMetadataStore:
         shard = await self._bucket_shard(bucket)
         if shard is None:
             return None
-        select = f"SELECT {_OBJECT_COLS}, latest FROM objects WHERE bucket = $1 AND key = $2"
+        select = f"SELECT {OBJECT_COLUMNS}, latest FROM objects WHERE bucket = $1 AND key = $2"
         if version_id is None:
             r = await self._pool(shard).fetchrow(select + " AND latest", bucket, key)
         else:
             r = await self._pool(shard).fetchrow(select + " AND version_id = $3", bucket, key, version_id)
-        return None if r is None else _version(r)
+        return None if r is None else version_from_row(r)
 
     async def delete_object(
         self, bucket: str, key: str, version_id: str | None = None, marker: ObjectVersion | None = None
@@ -821,7 +789,7 @@ class PostgresMetadataStore:
         shard = await self._bucket_shard(bucket)
         if shard is None:
             return []
-        q = _Query(f"SELECT {_OBJECT_COLS}, latest FROM objects WHERE bucket = $1", bucket)
+        q = _Query(f"SELECT {OBJECT_COLUMNS}, latest FROM objects WHERE bucket = $1", bucket)
         q.key_in_prefix(prefix)
         if inclusive:
             q.sql += f" AND key >= {q.arg(key)}"
@@ -834,7 +802,7 @@ class PostgresMetadataStore:
         elif key:
             q.sql += f" AND key > {q.arg(key)}"
         q.sql += f" ORDER BY key, seq DESC LIMIT {q.arg(limit)}"
-        return [_version(r) for r in await self._pool(shard).fetch(q.sql, *q.args)]
+        return [version_from_row(r) for r in await self._pool(shard).fetch(q.sql, *q.args)]
 
     async def list_objects(
         self, bucket: str, prefix: str, after: str, inclusive: bool, limit: int
@@ -856,10 +824,9 @@ class PostgresMetadataStore:
         u = upload
         async with self._bucket_tx(u.bucket) as conn:
             await conn.execute(
-                f"INSERT INTO uploads ({_UPLOAD_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                u.upload_id, u.bucket, u.key, u.initiated, u.owner, u.content_type, json.dumps(u.headers),
-                json.dumps(u.user_meta), u.checksum_algorithm, u.checksum_type, json.dumps(u.tags),
-            )  # fmt: skip
+                f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ({_params(11)})",
+                *upload_values(u),
+            )
         shard = await self._bucket_shard(u.bucket)
         if shard is not None:
             self._upload_shards.put(u.upload_id, shard)
@@ -869,12 +836,12 @@ class PostgresMetadataStore:
         if shard is None:
             return None
         r = await self._pool(shard).fetchrow(
-            f"SELECT {_UPLOAD_COLS} FROM uploads WHERE upload_id = $1 AND bucket = $2", upload_id, bucket
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE upload_id = $1 AND bucket = $2", upload_id, bucket
         )
         if r is None:
             return None
         self._upload_shards.put(upload_id, shard)
-        return _upload(r)
+        return upload_from_row(r)
 
     async def list_uploads(
         self, bucket: str, prefix: str, key: str, inclusive: bool, upload_id_marker: str, limit: int
@@ -883,7 +850,7 @@ class PostgresMetadataStore:
         shard = await self._bucket_shard(bucket)
         if shard is None:
             return []
-        q = _Query(f"SELECT {_UPLOAD_COLS} FROM uploads WHERE bucket = $1", bucket)
+        q = _Query(f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE bucket = $1", bucket)
         q.key_in_prefix(prefix)
         if inclusive:
             q.sql += f" AND key >= {q.arg(key)}"
@@ -896,7 +863,7 @@ class PostgresMetadataStore:
         elif key:
             q.sql += f" AND key > {q.arg(key)}"
         q.sql += f" ORDER BY key, initiated, upload_id LIMIT {q.arg(limit)}"
-        return [_upload(r) for r in await self._pool(shard).fetch(q.sql, *q.args)]
+        return [upload_from_row(r) for r in await self._pool(shard).fetch(q.sql, *q.args)]
 
     async def put_part(self, upload_id: str, part: Part, staged: StagedData) -> None:
         shard = await self._upload_shard(upload_id)
@@ -1108,21 +1075,21 @@ class PostgresMetadataStore:
         return list(itertools.islice(heapq.merge(*pages, key=order), limit))
 
     async def scan_versions(self, after: tuple[str, str, str] | None, limit: int) -> list[ObjectVersion]:
-        q = _Query(f"SELECT {_OBJECT_COLS}, latest FROM objects")
+        q = _Query(f"SELECT {OBJECT_COLUMNS}, latest FROM objects")
         if after is not None:
             b, k, v = (q.arg(a) for a in after)
             q.sql += f" WHERE (bucket, key, version_id) > ({b}, {k}, {v})"
         q.sql += f" ORDER BY bucket, key, version_id LIMIT {q.arg(limit)}"
 
         async def page(conn: asyncpg.Connection, shard: int) -> list[ObjectVersion]:
-            return [_version(r) for r in await conn.fetch(q.sql, *q.args)]
+            return [version_from_row(r) for r in await conn.fetch(q.sql, *q.args)]
 
         return await self._merged(page, lambda v: (v.bucket, v.key, v.version_id), limit)
 
     async def scan_parts(
         self, after: tuple[str, int] | None, limit: int
     ) -> list[tuple[MultipartUpload, Part]]:
-        cols = ", ".join(f"u.{c.strip()}" for c in _UPLOAD_COLS.split(","))
+        cols = ", ".join(f"u.{c.strip()}" for c in UPLOAD_COLUMNS.split(","))
         pcols = ", ".join(f"p.{c.strip()}" for c in _PART_COLS.split(","))
         q = _Query(f"SELECT {cols}, {pcols} FROM parts p JOIN uploads u ON u.upload_id = p.upload_id")
         if after is not None:
@@ -1130,7 +1097,7 @@ class PostgresMetadataStore:
         q.sql += f" ORDER BY p.upload_id, p.part_number LIMIT {q.arg(limit)}"
 
         async def page(conn: asyncpg.Connection, shard: int) -> list[tuple[MultipartUpload, Part]]:
-            return [(_upload(r), _part(r)) for r in await conn.fetch(q.sql, *q.args)]
+            return [(upload_from_row(r), _part(r)) for r in await conn.fetch(q.sql, *q.args)]
 
         return await self._merged(page, lambda up: (up[0].upload_id, up[1].part_number), limit)
 

@@ -43,6 +43,14 @@ from gateway.meta.models import (
     User,
     WriteCondition,
 )
+from gateway.meta.rows import (
+    OBJECT_COLUMNS,
+    UPLOAD_COLUMNS,
+    upload_from_row,
+    upload_values,
+    version_from_row,
+    version_values,
+)
 from gateway.meta.store import StorageStats, WrappedKeyKind
 from gateway.s3.errors import S3Error
 
@@ -120,10 +128,7 @@ CREATE TABLE IF NOT EXISTS leases (
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
-_OBJECT_COLS = (
-    "bucket, key, version_id, size, etag, last_modified, manifest, content_type, headers, "
-    "user_meta, checksum, parts, storage_class, delete_marker, tags, latest"
-)
+_OBJECT_COLS = f"{OBJECT_COLUMNS}, latest"
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -158,47 +163,6 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def _row_to_version(row: tuple[Any, ...]) -> ObjectVersion:
-    return ObjectVersion(
-        bucket=row[0],
-        key=row[1],
-        version_id=row[2],
-        size=row[3],
-        etag=row[4],
-        last_modified=row[5],
-        manifest=Manifest.decode(row[6]),
-        content_type=row[7],
-        headers=json.loads(row[8]),
-        user_meta=json.loads(row[9]),
-        checksum=json.loads(row[10]),
-        parts=row[11],
-        storage_class=row[12],
-        delete_marker=bool(row[13]),
-        tags=json.loads(row[14]),
-        is_latest=bool(row[15]),
-    )
-
-
-def _version_params(v: ObjectVersion) -> tuple[Any, ...]:
-    return (
-        v.bucket,
-        v.key,
-        v.version_id,
-        v.size,
-        v.etag,
-        v.last_modified,
-        v.manifest.encode(),
-        v.content_type,
-        json.dumps(v.headers),
-        json.dumps(v.user_meta),
-        json.dumps(v.checksum),
-        v.parts,
-        v.storage_class,
-        int(v.delete_marker),
-        json.dumps(v.tags),
-    )
 
 
 def _prefix_range(prefix: str) -> tuple[str, list[Any]]:
@@ -518,7 +482,7 @@ class SqliteMetadataStore:
         c.execute("UPDATE objects SET latest=0 WHERE bucket=? AND key=? AND latest=1", (v.bucket, v.key))
         c.execute(
             f"INSERT INTO objects ({_OBJECT_COLS}, seq) VALUES ({','.join('?' * 17)})",
-            (*_version_params(v), 1, seq),
+            (*version_values(v), 1, seq),
         )
         detail = {} if v.delete_marker else {"size": v.size, "eTag": v.etag}
         c.execute(
@@ -552,7 +516,7 @@ class SqliteMetadataStore:
             sql = f"SELECT {_OBJECT_COLS} FROM objects WHERE bucket=? AND key=? AND version_id=?"
             params = (bucket, key, version_id)
         row = await self._read(lambda c: c.execute(sql, params).fetchone())
-        return None if row is None else _row_to_version(row)
+        return None if row is None else version_from_row(row)
 
     async def delete_object(
         self, bucket: str, key: str, version_id: str | None = None, marker: ObjectVersion | None = None
@@ -620,7 +584,7 @@ class SqliteMetadataStore:
         sql += " ORDER BY key, seq DESC LIMIT ?"
         params.append(limit)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        return [_row_to_version(r) for r in rows]
+        return [version_from_row(r) for r in rows]
 
     async def list_objects(
         self, bucket: str, prefix: str, after: str, inclusive: bool, limit: int
@@ -641,57 +605,24 @@ class SqliteMetadataStore:
         u = upload
         await self._write(
             lambda c: c.execute(
-                "INSERT INTO uploads VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    u.upload_id,
-                    u.bucket,
-                    u.key,
-                    u.initiated,
-                    u.owner,
-                    u.content_type,
-                    json.dumps(u.headers),
-                    json.dumps(u.user_meta),
-                    u.checksum_algorithm,
-                    u.checksum_type,
-                    json.dumps(u.tags),
-                ),
+                f"INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                upload_values(u),
             )
-        )
-
-    _UPLOAD_COLS = (
-        "upload_id, bucket, key, initiated, owner, content_type, headers, user_meta, "
-        "checksum_algorithm, checksum_type, tags"
-    )
-
-    @staticmethod
-    def _row_to_upload(row: tuple[Any, ...]) -> MultipartUpload:
-        return MultipartUpload(
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            row[5],
-            json.loads(row[6]),
-            json.loads(row[7]),
-            row[8],
-            row[9],
-            json.loads(row[10]),
         )
 
     async def get_upload(self, bucket: str, upload_id: str) -> MultipartUpload | None:
         row = await self._read(
             lambda c: c.execute(
-                f"SELECT {self._UPLOAD_COLS} FROM uploads WHERE upload_id=? AND bucket=?", (upload_id, bucket)
+                f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE upload_id=? AND bucket=?", (upload_id, bucket)
             ).fetchone()
         )
-        return None if row is None else self._row_to_upload(row)
+        return None if row is None else upload_from_row(row)
 
     async def list_uploads(
         self, bucket: str, prefix: str, key: str, inclusive: bool, upload_id_marker: str, limit: int
     ) -> list[MultipartUpload]:
         where, params = _prefix_range(prefix)
-        sql = f"SELECT {self._UPLOAD_COLS} FROM uploads WHERE bucket=?{where}"
+        sql = f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE bucket=?{where}"
         params.insert(0, bucket)
         key_marker = key
         if inclusive:
@@ -711,7 +642,7 @@ class SqliteMetadataStore:
         sql += " ORDER BY key, initiated, upload_id LIMIT ?"
         params.append(limit)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        return [self._row_to_upload(r) for r in rows]
+        return [upload_from_row(r) for r in rows]
 
     async def put_part(self, upload_id: str, part: Part, staged: StagedData) -> None:
         def tx(c: sqlite3.Connection) -> None:
@@ -805,12 +736,12 @@ class SqliteMetadataStore:
             params += after
         sql += " ORDER BY bucket, key, version_id LIMIT ?"
         rows = await self._read(lambda c: c.execute(sql, [*params, limit]).fetchall())
-        return [_row_to_version(r) for r in rows]
+        return [version_from_row(r) for r in rows]
 
     async def scan_parts(
         self, after: tuple[str, int] | None, limit: int
     ) -> list[tuple[MultipartUpload, Part]]:
-        cols = ", ".join(f"u.{col.strip()}" for col in self._UPLOAD_COLS.split(","))
+        cols = ", ".join(f"u.{col.strip()}" for col in UPLOAD_COLUMNS.split(","))
         sql = (
             f"SELECT {cols}, p.part_number, p.size, p.etag, p.last_modified, p.manifest, p.checksum "
             "FROM parts p JOIN uploads u ON u.upload_id = p.upload_id"
@@ -821,10 +752,10 @@ class SqliteMetadataStore:
             params += after
         sql += " ORDER BY p.upload_id, p.part_number LIMIT ?"
         rows = await self._read(lambda c: c.execute(sql, [*params, limit]).fetchall())
-        n = len(self._UPLOAD_COLS.split(","))
+        n = len(UPLOAD_COLUMNS.split(","))
         return [
             (
-                self._row_to_upload(r[:n]),
+                upload_from_row(r[:n]),
                 Part(r[n], r[n + 1], r[n + 2], r[n + 3], Manifest.decode(r[n + 4]), json.loads(r[n + 5])),
             )
             for r in rows
