@@ -218,6 +218,18 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+def _claim_sql(table: str, column: str) -> str:
+    """Take or renew the lease row $1 of ``table`` for owner $2 for $3 seconds if it is free
+    (no owner), already $2's, or expired, by the database's clock: the one lease rule of the
+    relay and the maintenance jobs."""
+    now = "extract(epoch FROM clock_timestamp())"
+    return (
+        f"INSERT INTO {table} ({column}, owner, expires) SELECT $1, $2, {now} + $3 "
+        f"ON CONFLICT ({column}) DO UPDATE SET owner = EXCLUDED.owner, expires = EXCLUDED.expires "
+        f"WHERE {table}.owner IS NULL OR {table}.owner = EXCLUDED.owner OR {table}.expires < {now}"
+    )
+
+
 def _params(n: int) -> str:
     """``$1, $2, ... $n``."""
     return ", ".join(f"${i}" for i in range(1, n + 1))
@@ -987,14 +999,7 @@ class PostgresMetadataStore:
         """Take the shard's lease if it is free, expired or already ours; renew it. Expiry
         uses the database's clock, so gateways with skewed clocks agree."""
         status = await self._pool(shard).execute(
-            "WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) "
-            "INSERT INTO relay_state (shard, owner, expires) SELECT $1, $2, now.t + $3 FROM now "
-            "ON CONFLICT (shard) DO UPDATE SET owner = EXCLUDED.owner, expires = EXCLUDED.expires "
-            "WHERE relay_state.owner IS NULL OR relay_state.owner = EXCLUDED.owner "
-            "OR relay_state.expires < extract(epoch FROM clock_timestamp())",
-            shard,
-            owner,
-            ttl_seconds,
+            _claim_sql("relay_state", "shard"), shard, owner, ttl_seconds
         )
         return _count(status) == 1
 
@@ -1468,15 +1473,7 @@ class PostgresMetadataStore:
 
     async def claim_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
         """Take or renew lease ``name`` on the catalog; expiry by the database's clock."""
-        status = await self._catalog.execute(
-            "WITH now AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS t) "
-            "INSERT INTO leases (name, owner, expires) SELECT $1, $2, now.t + $3 FROM now "
-            "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, expires = EXCLUDED.expires "
-            "WHERE leases.owner = EXCLUDED.owner OR leases.expires < extract(epoch FROM clock_timestamp())",
-            name,
-            owner,
-            ttl_seconds,
-        )
+        status = await self._catalog.execute(_claim_sql("leases", "name"), name, owner, ttl_seconds)
         return _count(status) == 1
 
     async def release_lease(self, name: str, owner: str) -> None:

@@ -165,6 +165,19 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
+def _claim(c: sqlite3.Connection, table: str, column: str, key: object, owner: str, ttl: float) -> bool:
+    """Take or renew the lease row ``key`` of ``table`` if it is free (no owner), already
+    ``owner``'s, or expired: the one lease rule of the relay and the maintenance jobs."""
+    now = time.time()
+    cur = c.execute(
+        f"INSERT INTO {table} ({column}, owner, expires) VALUES (?, ?, ?) "
+        f"ON CONFLICT ({column}) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "
+        f"WHERE {table}.owner IS NULL OR {table}.owner = excluded.owner OR {table}.expires < ?",
+        (key, owner, now + ttl, now),
+    )
+    return cur.rowcount == 1
+
+
 def _prefix_range(prefix: str) -> tuple[str, list[Any]]:
     """SQL (and parameters) restricting ``key`` to keys starting with ``prefix``, as an
     index range: ``key >= prefix AND key < successor(prefix)``."""
@@ -943,17 +956,7 @@ class SqliteMetadataStore:
         return await self._write(tx)
 
     async def claim_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
-        def tx(c: sqlite3.Connection) -> bool:
-            now = time.time()
-            cur = c.execute(
-                "INSERT INTO leases (name, owner, expires) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "
-                "WHERE leases.owner = excluded.owner OR leases.expires < ?",
-                (name, owner, now + ttl_seconds, now),
-            )
-            return cur.rowcount == 1
-
-        return await self._write(tx)
+        return await self._write(lambda c: _claim(c, "leases", "name", name, owner, ttl_seconds))
 
     async def release_lease(self, name: str, owner: str) -> None:
         await self._write(lambda c: c.execute("DELETE FROM leases WHERE name=? AND owner=?", (name, owner)))
@@ -1015,18 +1018,7 @@ class SqliteMetadataStore:
     async def claim_relay(self, shard: int, owner: str, ttl_seconds: float) -> bool:
         """Take the shard's lease if it is free, expired or already ours; renew it."""
 
-        def tx(c: sqlite3.Connection) -> bool:
-            now = time.time()
-            cur = c.execute(
-                "INSERT INTO relay_state (shard, owner, expires) VALUES (?, ?, ?) "
-                "ON CONFLICT (shard) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "
-                "WHERE relay_state.owner IS NULL OR relay_state.owner = excluded.owner "
-                "OR relay_state.expires < ?",
-                (shard, owner, now + ttl_seconds, now),
-            )
-            return cur.rowcount == 1
-
-        return await self._write(tx)
+        return await self._write(lambda c: _claim(c, "relay_state", "shard", shard, owner, ttl_seconds))
 
     async def release_relay(self, shard: int, owner: str) -> None:
         await self._write(
