@@ -304,8 +304,9 @@ def _check_pack_id(pack_id: str) -> None:
         raise ValueError(f"pack id must be 1-{MAX_PACK_ID_LEN} characters of [A-Za-z0-9._-], got {pack_id!r}")
 
 
-def _encode_header(pack_id: str, wrapped: WrappedKey) -> bytes:
-    _check_pack_id(pack_id)
+def encode_wrapped_key(wrapped: WrappedKey) -> bytes:
+    """``kek_id_len u16 | kek_id | kek_version u32 | blob_len u16 | blob`` (pack headers and
+    inline manifests); read back with :func:`read_wrapped_key`."""
     kek_id = wrapped.kek_id.encode("utf-8")
     if not 0 < len(kek_id) <= MAX_KEK_ID_LEN:
         raise ValueError(f"kek id must be 1-{MAX_KEK_ID_LEN} UTF-8 bytes")
@@ -313,23 +314,26 @@ def _encode_header(pack_id: str, wrapped: WrappedKey) -> bytes:
         raise ValueError(f"kek version {wrapped.kek_version} does not fit in u32")
     if not 0 < len(wrapped.blob) <= MAX_WRAPPED_DEK_LEN:
         raise ValueError(f"wrapped DEK must be 1-{MAX_WRAPPED_DEK_LEN} bytes")
-    pid = pack_id.encode("ascii")
-    body = b"".join(
+    return b"".join(
         (
-            struct.pack("<B", len(pid)),
-            pid,
             struct.pack("<H", len(kek_id)),
             kek_id,
             struct.pack("<IH", wrapped.kek_version, len(wrapped.blob)),
             bytes(wrapped.blob),
         )
     )
+
+
+def _encode_header(pack_id: str, wrapped: WrappedKey) -> bytes:
+    _check_pack_id(pack_id)
+    pid = pack_id.encode("ascii")
+    body = struct.pack("<B", len(pid)) + pid + encode_wrapped_key(wrapped)
     header_len = _HEADER_FIXED.size + len(body) + _CHECKSUM.size
     head = _HEADER_FIXED.pack(PACK_MAGIC, FORMAT_VERSION, FORMAT_MINOR, 0, header_len) + body
     return head + _CHECKSUM.pack(xxhash.xxh64_intdigest(head))
 
 
-class _Cursor:
+class ByteCursor:
     """Bounds-checked sequential reads that raise CorruptPackError instead of struct.error."""
 
     __slots__ = ("_end", "_pos", "_view", "_what")
@@ -375,22 +379,28 @@ def parse_header(data: Buffer) -> PackHeader:
     (stored,) = _CHECKSUM.unpack_from(view, end)
     if xxhash.xxh64_intdigest(view[:end]) != stored:
         raise CorruptPackError("pack header checksum mismatch")
-    cur = _Cursor(view, _HEADER_FIXED.size, end, "pack header")
+    cur = ByteCursor(view, _HEADER_FIXED.size, end, "pack header")
     (pid_len,) = cur.unpack(_U8)
     pack_id = _pack_id_field(cur.take(pid_len), "pack header")
+    wrapped = read_wrapped_key(cur, "pack header")
+    if minor == 0 and cur.pos != end:  # later minors may append fields before the checksum
+        raise CorruptPackError("pack header has unexpected extra bytes")
+    return PackHeader(pack_id, wrapped, header_len)
+
+
+def read_wrapped_key(cur: ByteCursor, what: str) -> WrappedKey:
+    """Read what :func:`encode_wrapped_key` wrote; CorruptPackError names ``what``."""
     (kek_len,) = cur.unpack(_U16)
     try:
         kek_id = bytes(cur.take(kek_len)).decode("utf-8")
     except UnicodeDecodeError:
-        raise CorruptPackError("pack header: kek id is not UTF-8") from None
+        raise CorruptPackError(f"{what}: kek id is not UTF-8") from None
     (kek_version,) = cur.unpack(_U32)
     (blob_len,) = cur.unpack(_U16)
     blob = bytes(cur.take(blob_len))
-    if minor == 0 and cur.pos != end:  # later minors may append fields before the checksum
-        raise CorruptPackError("pack header has unexpected extra bytes")
     if not kek_id or not blob:
-        raise CorruptPackError("pack header has an empty kek id or wrapped DEK")
-    return PackHeader(pack_id, WrappedKey(kek_id, kek_version, blob), header_len)
+        raise CorruptPackError(f"{what} has an empty kek id or wrapped DEK")
+    return WrappedKey(kek_id, kek_version, blob)
 
 
 def _pack_id_field(raw: memoryview, what: str) -> str:
@@ -524,7 +534,7 @@ def parse_trailer_full(trailer: Buffer) -> PackTrailer:
     (stored,) = _CHECKSUM.unpack_from(view, body_end + 8)
     if xxhash.xxh64_intdigest(view[: body_end + 8]) != stored:
         raise CorruptPackError("pack trailer checksum mismatch")
-    cur = _Cursor(view, 0, body_end, "pack trailer")
+    cur = ByteCursor(view, 0, body_end, "pack trailer")
     magic, major, minor, _reserved, header_len, records_end, count, pid_len = cur.unpack(_TRAILER_FIXED)
     if magic != TRAILER_MAGIC:
         raise CorruptPackError("pack trailer magic mismatch")

@@ -52,6 +52,9 @@ class StorageConfig:
     pack_target: int = 16 * MiB
     # Objects whose new data is at most this size are group-committed into shared packs.
     small_object_max: int = 1 * MiB
+    # Whole objects (not multipart parts) of at most this many bytes are sealed into their
+    # manifest in the metadata store: no pack, no chunk index row, no dedup. 0 turns it off.
+    inline_max: int = 16 * 1024
     zstd_level: int = 1
     # Bytes gathered from the network before each chunker call (pyfastcdc wants big batches).
     ingest_batch: int = 1 * MiB

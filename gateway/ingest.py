@@ -25,6 +25,7 @@ from dedup import chunk_id
 from dedup.manifest import Manifest
 from gateway.backends.base import BlobBackend
 from gateway.config import StorageConfig
+from gateway.inline import InlineKeys
 from gateway.meta.models import NewChunk, PackRecord, StagedData
 from gateway.meta.store import MetadataStore
 from gateway.packs import Fresh, OpenPack, SmallObjectPacker
@@ -160,6 +161,7 @@ class Ingestor:
         # memory of many concurrent uploads (each also holds at most ~2 batches + a carry).
         self._slots = asyncio.Semaphore(max(1, config.ingest_slots))
         self.small = SmallObjectPacker(backend, kek, self.cpu, config.zstd_level)
+        self.inline = InlineKeys(kek)
 
     async def cpu(self, fn: Callable[..., T], *args: object, work: int = INLINE_MAX) -> T:
         """Run a CPU stage in the pool, or inline when ``work`` (bytes) is too small to be
@@ -175,16 +177,23 @@ class Ingestor:
         digests: Sequence[Digest] = (),
         max_size: int = 5 * 1024**3,
         verify: Callable[[], object] | None = None,
+        inline: bool = False,
     ) -> IngestResult:
         """Store ``source``; digests see every byte in order. Raises and cleans up on failure.
 
         ``verify`` runs once every byte has been digested and before the last chunks are
         stored, so a body that fails its checksums leaves nothing behind, even in shared packs.
+        With ``inline`` (whole objects, never multipart parts), a body of at most
+        ``inline_max`` bytes is sealed into its manifest instead of a pack.
         """
         session = _Session(self, dedup_key)
         chunker = StreamChunker(self.params)
         batches = _batches(source, self.config.ingest_batch)
         first = await anext(batches, None)  # nothing is stored yet: a failure here needs no cleanup
+        # A batch shorter than ingest_batch is the whole body.
+        inline_max = min(self.config.inline_max, self.config.ingest_batch - 1) if inline else 0
+        if first is not None and 0 < len(first) <= inline_max:
+            return await self._ingest_inline(first, dedup_key, digests, max_size, verify)
         if first is None or len(first) < self.config.ingest_batch:
             # The whole body is in hand (a small object, the common case): no reader task.
             reader: asyncio.Future[None] | None = None
@@ -250,6 +259,25 @@ class Ingestor:
             session.blob_names,
             session.dedup_bytes,
         )
+
+    async def _ingest_inline(
+        self,
+        body: bytearray,
+        dedup_key: bytes,
+        digests: Sequence[Digest],
+        max_size: int,
+        verify: Callable[[], object] | None,
+    ) -> IngestResult:
+        """A whole tiny body (``_batches`` yields a short batch only at the end of the stream)."""
+        if len(body) > max_size:
+            raise S3Error("EntityTooLarge", MaxSizeAllowed=str(max_size))
+        update_digests(digests, body)
+        if verify is not None:
+            verify()
+        manifest = await self.inline.seal(dedup_key, body, self.config.zstd_level)
+        if self.on_ingest is not None:
+            self.on_ingest(len(body), 0)
+        return IngestResult(manifest, len(body), StagedData([], []), [], 0)
 
     async def discard(self, result: IngestResult) -> None:
         """Delete the packs of an ingest whose commit will not happen (unless the store may

@@ -4,18 +4,19 @@ AES-GCM open + zstd decompress in the CPU pool -> ordered stream of plaintext sl
 Adjacent records of one pack are fetched with one ranged read (a "run", at most
 ``run_bytes``), and a bounded number of runs (``read_ahead``) is fetched and decoded ahead of
 the consumer, so the network, the backend and the CPU overlap while memory stays bounded. Unwrapped pack DEKs
-are kept in a small in-process LRU (never in a shared cache), and concurrent requests for the
-same pack's DEK share one unwrap.
+(and inline DEKs, see :mod:`gateway.inline`) are kept in a small in-process LRU (never in a
+shared cache), and concurrent requests for the same DEK share one unwrap. A tiny object's
+manifest holds its sealed data itself: it is opened without any lookup or read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Executor
 
-from crypto import KEKProvider, Sealer
+from crypto import KEKProvider, Sealer, WrappedKey
 from dedup import ChunkLocation, open_record
 from dedup.manifest import Manifest
 from gateway.backends.base import BlobBackend, pack_blob_name
@@ -48,23 +49,31 @@ class ChunkReader:
         self.pool = pool
         self.read_ahead = max(1, read_ahead)
         self.run_bytes = run_bytes
-        self._sealers: collections.OrderedDict[str, asyncio.Future[Sealer]] = collections.OrderedDict()
+        self._sealers: collections.OrderedDict[str | WrappedKey, asyncio.Future[Sealer]]
+        self._sealers = collections.OrderedDict()
         self._sealer_cache = sealer_cache
 
     async def _sealer(self, pack_id: str) -> Sealer:
-        fut = self._sealers.get(pack_id)
+        return await self._cached_sealer(pack_id, lambda: self._load_sealer(pack_id))
+
+    async def _cached_sealer(
+        self, key: str | WrappedKey, load: Callable[[], Coroutine[object, object, Sealer]]
+    ) -> Sealer:
+        """The sealer of a pack (by id) or of an inline DEK (by its wrapped form), unwrapped
+        once and shared by concurrent requests."""
+        fut = self._sealers.get(key)
         if fut is None:
-            fut = asyncio.ensure_future(self._load_sealer(pack_id))
-            self._sealers[pack_id] = fut
+            fut = asyncio.ensure_future(load())
+            self._sealers[key] = fut
             while len(self._sealers) > self._sealer_cache:
                 self._sealers.popitem(last=False)
         else:
-            self._sealers.move_to_end(pack_id)
+            self._sealers.move_to_end(key)
         try:
             return await asyncio.shield(fut)
         except BaseException:
-            if self._sealers.get(pack_id) is fut and fut.done():
-                del self._sealers[pack_id]
+            if self._sealers.get(key) is fut and fut.done():
+                del self._sealers[key]
             raise
 
     async def _load_sealer(self, pack_id: str) -> Sealer:
@@ -72,6 +81,16 @@ class ChunkReader:
         if record is None:
             raise DataLossError(f"pack {pack_id} is not in the metadata store")
         return Sealer(await self.kek.unwrap(record.wrapped_dek))
+
+    async def _unwrap(self, wrapped: WrappedKey) -> Sealer:
+        return Sealer(await self.kek.unwrap(wrapped))
+
+    async def open_inline(self, manifest: Manifest) -> bytes:
+        """The plaintext of an inline manifest (opened on the event loop: a few KiB)."""
+        inline = manifest.inline
+        assert inline is not None
+        sealer = await self._cached_sealer(inline.wrapped_dek, lambda: self._unwrap(inline.wrapped_dek))
+        return open_record(sealer, inline.record, manifest.chunk_ids[0])
 
     async def _run(self, ids: list[bytes], locs: list[ChunkLocation]) -> list[bytes]:
         """Fetch adjacent records of one pack with one ranged read, then open them all."""
@@ -124,6 +143,9 @@ class ChunkReader:
     async def stream(self, manifest: Manifest, start: int, end: int) -> AsyncIterator[memoryview]:
         """Yield the object's bytes [start, end) in order."""
         if start >= end:
+            return
+        if manifest.inline is not None:
+            yield memoryview(await self.open_inline(manifest))[start:end]
             return
         first, last, offset = manifest.span(start, end)
         pending: collections.deque[asyncio.Future[list[bytes]]] = collections.deque()

@@ -208,13 +208,13 @@ class Collector:
         after_part: tuple[str, int] | None = None
         while page := await self.meta.scan_parts(after_part, MANIFEST_PAGE):
             after_part = (page[-1][0].upload_id, page[-1][1].part_number)
-            await live.add(cid for _, part in page for cid in part.manifest.chunk_ids)
+            await live.add(cid for _, part in page for cid in part.manifest.indexed_ids)
             self._marked(len(page))
         after_version: tuple[str, str, str] | None = None
         while versions := await self.meta.scan_versions(after_version, MANIFEST_PAGE):
             last = versions[-1]
             after_version = (last.bucket, last.key, last.version_id)
-            await live.add(cid for v in versions for cid in v.manifest.chunk_ids)
+            await live.add(cid for v in versions for cid in v.manifest.indexed_ids)
             self._marked(len(versions))
 
     def _marked(self, n: int) -> None:

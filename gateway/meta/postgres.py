@@ -276,7 +276,7 @@ def claim_plan(ring: HashRing, staged: StagedData, manifest: Manifest) -> _Claim
     so concurrent statements lock rows in one order); None when there is nothing to claim."""
     packs = {p.pack_id: p for p in sorted(staged.packs, key=lambda p: p.pack_id)}
     new = {n.chunk_id: n for n in sorted(staged.chunks, key=lambda n: n.chunk_id)}
-    reused = sorted(set(manifest.chunk_ids) - new.keys())
+    reused = sorted(set(manifest.indexed_ids) - new.keys())
     if not (packs or new or reused):
         return None
     return _ClaimPlan(

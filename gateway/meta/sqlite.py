@@ -463,7 +463,7 @@ class SqliteMetadataStore:
         if _in_batches(c, "SELECT pack_id FROM pack_tombstones WHERE pack_id IN ({})", packs):
             raise S3Error("SlowDown", "A pack of this upload was garbage-collected meanwhile; retry.")
         _in_batches(c, "UPDATE packs SET retired_at=NULL WHERE pack_id IN ({})", packs)
-        ids = list(dict.fromkeys(manifest.chunk_ids))
+        ids = list(dict.fromkeys(manifest.indexed_ids))
         if len(_in_batches(c, "SELECT chunk_id FROM chunks WHERE chunk_id IN ({})", ids)) != len(ids):
             raise S3Error("SlowDown", "A chunk this upload reuses was garbage-collected meanwhile; retry.")
         _in_batches(c, _REVIVE, ids)

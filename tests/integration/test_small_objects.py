@@ -1,5 +1,6 @@
 """Small objects from concurrent requests share group-committed packs, and a failed small
-upload leaves nothing in them."""
+upload leaves nothing in them. (Objects up to ``storage.inline_max`` never reach a pack:
+tests/integration/test_inline_objects.py.)"""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_concurrent_small_puts_share_packs(strata_factory: Callable[..., StrataS
     server = strata_factory()
     s3 = make_client(server, max_pool_connections=32)
     s3.create_bucket(Bucket="small")
-    bodies = {f"obj-{i:03d}": os.urandom(4096 + i) for i in range(96)}
+    bodies = {f"obj-{i:03d}": os.urandom(20_000 + i) for i in range(96)}  # above inline_max
 
     def put(key: str) -> str:
         return s3.put_object(Bucket="small", Key=key, Body=bodies[key])["ETag"]
@@ -46,7 +47,7 @@ def test_failed_small_upload_adds_nothing_to_shared_packs(
     before = dir_bytes(server.data_dir / "blobs")
     wrong = base64.b64encode(hashlib.md5(b"something else").digest()).decode()
     with pytest.raises(ClientError) as err:
-        s3.put_object(Bucket="small", Key="bad", Body=os.urandom(5000), ContentMD5=wrong)
+        s3.put_object(Bucket="small", Key="bad", Body=os.urandom(50_000), ContentMD5=wrong)
     assert err.value.response["Error"]["Code"] == "BadDigest"
     assert dir_bytes(server.data_dir / "blobs") == before
     with pytest.raises(ClientError) as missing:

@@ -97,7 +97,7 @@ def part_number_param(raw: str | None) -> int:
 async def upload_part(req: S3Request) -> web.StreamResponse:
     number = part_number_param(req.query.get("partNumber"))
     upload = await load_upload(req)
-    stored = await store_body(req, req.rt.config.storage.max_put_size)
+    stored = await store_body(req, req.rt.config.storage.max_put_size, inline=False)  # parts concatenate
     if upload.checksum_algorithm and stored.checksum["algorithm"] != upload.checksum_algorithm:
         await req.rt.ingestor.discard(stored.result)
         raise S3Error(

@@ -34,8 +34,9 @@ class StoredBody:
     checksum: dict[str, str]
 
 
-async def store_body(req: S3Request, max_size: int) -> StoredBody:
-    """Stream the request body into packs and verify every digest the client declared.
+async def store_body(req: S3Request, max_size: int, inline: bool) -> StoredBody:
+    """Stream the request body into packs (or, with ``inline`` and a tiny body, into the
+    manifest) and verify every digest the client declared.
 
     On any failure the packs written are deleted before the error propagates.
     """
@@ -49,7 +50,7 @@ async def store_body(req: S3Request, max_size: int) -> StoredBody:
     def verify() -> None:
         checksum.update(payload.verify())
 
-    result = await rt.ingestor.ingest(payload.pieces(), key, payload.digests, max_size, verify)
+    result = await rt.ingestor.ingest(payload.pieces(), key, payload.digests, max_size, verify, inline)
     return StoredBody(payload, result, checksum)
 
 
@@ -110,7 +111,7 @@ async def put_object(req: S3Request) -> web.StreamResponse:
     condition = await req.write_condition()
     check_acl_headers(req.headers)
     object_tags = tags.parse_header(req.headers.get("x-amz-tagging"))
-    stored = await store_body(req, rt.config.storage.max_put_size)
+    stored = await store_body(req, rt.config.storage.max_put_size, inline=True)
     payload, result, checksum = stored.payload, stored.result, stored.checksum
     content_type, standard, meta = req.object_headers()
     etag = payload.md5.hexdigest()

@@ -218,9 +218,10 @@ async def post_object(
     stream = _FileStream(file_part, policy)
     md5, checksum = hashlib.md5(), new_checksum(DEFAULT_CHECKSUM)
     dedup_key = await rt.identities.dedup_key(principal.user)
-    result = await rt.ingestor.ingest(
-        stream.pieces(), dedup_key, [md5, checksum], rt.config.storage.max_put_size, stream.verify
-    )
+    max_size = rt.config.storage.max_put_size
+    digests = [md5, checksum]
+    verify = stream.verify
+    result = await rt.ingestor.ingest(stream.pieces(), dedup_key, digests, max_size, verify, inline=True)
     record = {
         "algorithm": DEFAULT_CHECKSUM,
         "value": base64.b64encode(checksum.digest()).decode(),
