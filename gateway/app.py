@@ -2,10 +2,14 @@
 S3 requests, renders every failure as S3 error XML, and stamps each response with
 ``x-amz-request-id``; the operator endpoints ``/healthz``, ``/readyz`` and ``/metrics``
 (``gateway/observability/health.py``) in front of it; and the middleware that gives each
-request its id and, once it is done, its access-log line, metrics and audit record."""
+request its id and, once it is done, its access-log line, metrics and audit record.
+
+While the application runs, access lines logged on its loop are written in batches
+(``gateway/observability/logging.py``); cleanup writes the last of them."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -13,6 +17,7 @@ from aiohttp import web
 from crypto.kms import KmsError
 from gateway.backends.base import BackendUnavailable
 from gateway.observability import health
+from gateway.observability.logging import attach_loop, detach_loop
 from gateway.observability.record import RequestRecord, log_request, observe_requests
 from gateway.readpath import DataLossError
 from gateway.runtime import Runtime
@@ -84,10 +89,14 @@ def build_app(rt: Runtime) -> web.Application:
     cors.install(app, rt)
 
     async def start_runtime(_: web.Application) -> None:
+        attach_loop()
         await rt.start()
 
     async def close_runtime(_: web.Application) -> None:
-        await rt.close()
+        try:
+            await rt.close()
+        finally:
+            detach_loop(asyncio.get_running_loop())  # every buffered line is out
 
     async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
         if "request_id" in request:

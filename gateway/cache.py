@@ -11,6 +11,11 @@ refuse a stale fill, not merely drop a key:
 * ``invalidate(*keys)`` is called by every write after it commits, and drops ``keys`` and
   every entry that named one of them in its ``deps``.
 
+A cache that ``holds_objects`` (the in-process :class:`LocalCache`) is filled with the
+records themselves, never serialized, so a hit costs no decoding. The records it hands out
+are shared by every reader: they are frozen dataclasses, and nobody may mutate their dict
+fields either. A cache that does not (Redis) is filled with their encoded bytes.
+
 So a reader that loaded v1 from the store while a writer committed v2 cannot put v1 back
 after the writer's invalidation, in this process or (Redis) in any other.
 
@@ -100,23 +105,28 @@ class Ticket:
 
 class Cache(Protocol):
     ttl: float  # seconds an entry lives unless ``fill`` is given another TTL
+    # True: values are kept as given (any object); False: values are bytes (serialized)
+    holds_objects: bool
 
-    async def lookup(self, key: str, deps: tuple[str, ...] = ()) -> tuple[bytes | None, Ticket]: ...
-    async def fill(self, ticket: Ticket, value: bytes, ttl: float | None = None) -> None: ...
+    async def lookup(self, key: str, deps: tuple[str, ...] = ()) -> tuple[Any, Ticket]: ...
+    async def fill(self, ticket: Ticket, value: Any, ttl: float | None = None) -> None: ...
     async def invalidate(self, *keys: str) -> None: ...
     async def close(self) -> None: ...
 
 
 class LocalCache:
-    """A bounded in-process LRU with per-entry expiry (the embedded default).
+    """A bounded in-process LRU with per-entry expiry (the embedded default). It holds the
+    values it is filled with as they are (``holds_objects``): no copy, no serialization.
 
     Tickets carry a counter that every invalidation bumps: a lookup that overlapped any
     write is not filled (coarse, but it costs no per-key state).
     """
 
+    holds_objects = True
+
     def __init__(self, max_entries: int = 100_000, ttl: float = 300.0) -> None:
         self.ttl = ttl
-        self._data: collections.OrderedDict[str, tuple[float, bytes, tuple[str, ...]]] = (
+        self._data: collections.OrderedDict[str, tuple[float, Any, tuple[str, ...]]] = (
             collections.OrderedDict()
         )
         self._dependents: dict[str, set[str]] = {}  # dep -> keys of live entries naming it
@@ -126,7 +136,7 @@ class LocalCache:
     def __len__(self) -> int:
         return len(self._data)
 
-    async def lookup(self, key: str, deps: tuple[str, ...] = ()) -> tuple[bytes | None, Ticket]:
+    async def lookup(self, key: str, deps: tuple[str, ...] = ()) -> tuple[Any, Ticket]:
         ticket = Ticket(key, deps, self._clock)
         item = self._data.get(key)
         if item is None:
@@ -137,7 +147,7 @@ class LocalCache:
         self._data.move_to_end(key)
         return item[1], ticket
 
-    async def fill(self, ticket: Ticket, value: bytes, ttl: float | None = None) -> None:
+    async def fill(self, ticket: Ticket, value: Any, ttl: float | None = None) -> None:
         if ticket.stamp != self._clock:
             return
         self._drop(ticket.key)
@@ -174,6 +184,7 @@ class NullCache:
     """No caching: every lookup misses (a shared metadata store without Redis)."""
 
     ttl = 0.0
+    holds_objects = False
 
     async def lookup(self, key: str, deps: tuple[str, ...] = ()) -> tuple[bytes | None, Ticket]:
         return None, Ticket(key, deps, None)
@@ -236,6 +247,8 @@ class RedisCache:
 
     ``backoff``: seconds to skip Redis after a failure (then the next operation probes it).
     """
+
+    holds_objects = False  # values cross processes: bytes only
 
     def __init__(self, config: RedisConfig, backoff: float = 1.0) -> None:
         if not config.url:
@@ -475,6 +488,10 @@ PASS_THROUGH = frozenset(
         "lease_holder",
         "put_job",
         "settle_commits",
+        # inline manifests re-wrapped or re-sealed by key jobs: the same data, and a cached
+        # ``old`` manifest still reads (MaintenanceStore.replace_manifest)
+        "scan_inline_versions",
+        "replace_manifest",
     }
 )
 
@@ -508,18 +525,23 @@ class CachedMetadataStore:
         self, ck: str, load: Callable[[], Awaitable[Any]], encode: Callable[[Any], bytes],
         decode: Callable[[bytes], Any], deps: tuple[str, ...] = (), negative: bool = False,
     ) -> Any:  # fmt: skip
-        """Read-through: a hit decodes; a miss loads and fills with the pre-load ticket."""
+        """Read-through: a hit is the record (decoded first unless the cache holds objects);
+        a miss loads and fills with the pre-load ticket."""
+        objects = self._cache.holds_objects
         hit, ticket = await self._cache.lookup(ck, deps)
         if hit is not None:
-            if hit == _ABSENT:
+            if hit is _ABSENT or (not objects and hit == _ABSENT):
                 return None
+            if objects:
+                return hit
             try:
                 return decode(hit)
             except (ValueError, TypeError, KeyError):  # another build's record: a miss
                 pass
         value = await load()
         if value is not None or negative:
-            await self._cache.fill(ticket, _ABSENT if value is None else encode(value), self._ttl)
+            stored = _ABSENT if value is None else (value if objects else encode(value))
+            await self._cache.fill(ticket, stored, self._ttl)
         return value
 
     async def close(self) -> None:

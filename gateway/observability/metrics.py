@@ -43,6 +43,7 @@ BACKEND_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 # circuit_breaker_state values: higher is worse.
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 OTHER = "other"
+MAX_CACHED_SERIES = 4096  # (operation, status) pairs whose metric children are kept
 
 
 class BoundedLabel:
@@ -82,6 +83,7 @@ class Metrics:
         self._backend_op = BoundedLabel(32)
         self._backend_error = BoundedLabel(64)
         self._tier = BoundedLabel(16)
+        self._request_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
         # S3 operations
         self.s3_requests = Counter(
@@ -198,11 +200,25 @@ class Metrics:
         return sum(1 for rec in self.in_flight if rec.operation in UPLOAD_OPERATIONS)
 
     # -- requests -------------------------------------------------------------------------
+    def _request_series(self, operation: str, status: int) -> tuple[Counter, Histogram]:
+        """The ``s3_requests_total`` and ``s3_request_duration_seconds`` children of one
+        (operation, status), looked up once: ``labels()`` costs more than the observation.
+        Neither metric is ever cleared, so a child stays the registered one."""
+        key = (operation, status)
+        series = self._request_children.get(key)
+        if series is None:
+            label = self._operation(operation)
+            counted = self.s3_requests.labels(label, self._status(str(status)))
+            series = (counted, self.s3_duration.labels(label))
+            if len(self._request_children) < MAX_CACHED_SERIES:  # bounded like the labels
+                self._request_children[key] = series
+        return series
+
     def observe_request(self, rec: RequestRecord) -> None:
         """Count one finished S3 request (a request finisher)."""
-        operation = self._operation(rec.operation)
-        self.s3_requests.labels(operation, self._status(str(rec.status))).inc()
-        self.s3_duration.labels(operation).observe(rec.duration)
+        requests, duration = self._request_series(rec.operation, rec.status)
+        requests.inc()
+        duration.observe(rec.duration)
         if rec.operation in UPLOAD_OPERATIONS:
             self.upload_requests.inc()
             self.upload_duration.observe(rec.duration)

@@ -3,6 +3,7 @@ principal, and helpers shared by every operation (ownership checks, header extra
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from gateway.s3.sigv4 import SigningContext, verify_request
 from gateway.s3.xml import MAX_XML_BODY
 
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
+_PRESIGNED_CREDENTIAL = re.compile(r"([^/]+)/")
 STANDARD_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
 META_PREFIX = "x-amz-meta-"
 
@@ -106,20 +108,26 @@ class S3Request:
         return content_type, standard, meta
 
 
+@functools.lru_cache(maxsize=8)
+def _max_skew(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
 async def authenticate(http: web.Request, rt: Runtime) -> tuple[Principal, SigningContext | None]:
     """Verify the request's SigV4 signature; anonymous requests are denied."""
     auth = http.headers.get("authorization", "") or http.query.get("X-Amz-Credential", "")
-    m = _CREDENTIAL.search(auth) if "Credential=" in auth else re.match(r"([^/]+)/", auth)
-    if m:
+    m = _CREDENTIAL.search(auth) if "Credential=" in auth else _PRESIGNED_CREDENTIAL.match(auth)
+    if m and rt.identities.cached_secret(m.group(1)) is None:
         await rt.identities.principal(m.group(1))  # warm the cache for the sync lookup
+    query = http.query
     ctx = verify_request(
         http.method,
-        unquote_to_bytes(http.raw_path.split("?", 1)[0]),
-        [(k, v) for k, v in http.query.items()],
+        unquote_to_bytes(http.raw_path.partition("?")[0]),
+        list(query.items()) if query else [],
         http.headers,
         rt.identities.cached_secret,
         datetime.now(UTC),
-        max_skew=timedelta(seconds=rt.config.server.max_clock_skew_seconds),
+        max_skew=_max_skew(rt.config.server.max_clock_skew_seconds),
     )
     if ctx is None:
         raise S3Error("AccessDenied", "Anonymous access is not allowed.")

@@ -50,6 +50,12 @@ x-amz-* header present but not signed       AccessDenied "There were headers pre
 
 Any region in the credential scope is accepted (the scope is returned in the context);
 the service must be ``s3`` and the terminator ``aws4_request``.
+
+Verification runs on the event loop for every request, so what a client repeats from one
+request to the next is parsed once and cached (bounded): the credential, the
+``SignedHeaders`` list, the request date, the signing key per (secret, date, region,
+service) and its keyed HMAC state. Only the canonical request, its hash and one HMAC are
+computed per request.
 """
 
 from __future__ import annotations
@@ -154,8 +160,18 @@ def _raw(s: str | bytes) -> bytes:
     return s if isinstance(s, bytes) else s.encode("utf-8", "surrogateescape")
 
 
+@lru_cache(maxsize=256)
+def _keyed_hmac(key: bytes) -> hmac.HMAC:
+    """An HMAC-SHA256 state with ``key`` absorbed, to be copied per message: cheaper than a
+    fresh HMAC (~1.2 vs ~1.9 us here), and unlike one-shot ``hmac.digest`` it does not slow
+    down while other threads use OpenSSL (AES-GCM): 2.6 vs 6.1 us in that case."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def _hmac_hex(key: bytes, msg: str) -> str:
-    return hmac.new(key, _raw(msg), hashlib.sha256).hexdigest()
+    mac = _keyed_hmac(key).copy()
+    mac.update(_raw(msg))
+    return mac.hexdigest()
 
 
 def canonical_uri(path: str | bytes) -> str:
@@ -187,11 +203,18 @@ def _collect_headers(headers: Mapping[str, str]) -> dict[str, list[str]]:
     # items() of a multidict yields every value, so this covers CIMultiDict and plain dicts.
     out: dict[str, list[str]] = {}
     for name, value in headers.items():
-        out.setdefault(str(name).strip().lower(), []).append(value)
+        key = str(name).strip().lower()
+        values = out.get(key)
+        if values is None:
+            out[key] = [value]
+        else:
+            values.append(value)
     return out
 
 
 def _canonical_header_value(values: list[str]) -> str:
+    if len(values) == 1:
+        return " ".join(values[0].split())
     return ",".join(" ".join(v.split()) for v in values)
 
 
@@ -199,6 +222,7 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@lru_cache(maxsize=64)  # every request of the same second carries the same date
 def _parse_amz_date(value: str) -> datetime | None:
     if not _AMZ_DATE_RE.fullmatch(value):
         return None
@@ -212,6 +236,8 @@ def _parse_amz_date(value: str) -> datetime | None:
 
 
 def _utc(now: datetime) -> datetime:
+    if now.tzinfo is UTC:
+        return now
     return now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
 
 
@@ -225,14 +251,14 @@ def _canonical_request(
     path: str | bytes,
     query: Iterable[tuple[str, str]],
     headers: dict[str, list[str]],
-    signed_headers: list[str],
+    signed: _SignedHeaders,
     payload_hash: str,
     presigned: bool,
 ) -> str:
     lines = [method.upper(), canonical_uri(path), canonical_query_string(query, presigned=presigned)]
-    lines.extend(f"{name}:{_canonical_header_value(headers.get(name, []))}" for name in signed_headers)
+    lines.extend(f"{name}:{_canonical_header_value(headers.get(name, []))}" for name in signed.names)
     lines.append("")
-    lines.append(";".join(signed_headers))
+    lines.append(signed.joined)
     lines.append(payload_hash)
     return "\n".join(lines)
 
@@ -241,13 +267,9 @@ def _signatures_equal(expected_hex: str, provided: str) -> bool:
     return hmac.compare_digest(expected_hex.encode("ascii"), _raw(provided))
 
 
-def _check_unsigned_amz_headers(headers: dict[str, list[str]], signed: list[str]) -> None:
-    signed_set = set(signed)
-    missing = sorted(
-        name
-        for name in headers
-        if name.startswith("x-amz-") and name not in signed_set and name != "x-amz-content-sha256"
-    )
+def _check_unsigned_amz_headers(headers: dict[str, list[str]], signed: _SignedHeaders) -> None:
+    unsigned = headers.keys() - signed.name_set
+    missing = sorted(n for n in unsigned if n.startswith("x-amz-") and n != "x-amz-content-sha256")
     if missing:
         raise S3Error(
             "AccessDenied",
@@ -256,13 +278,29 @@ def _check_unsigned_amz_headers(headers: dict[str, list[str]], signed: list[str]
         )
 
 
-def _parse_signed_headers(value: str, err: Callable[[str], S3Error]) -> list[str]:
+@dataclass(frozen=True)
+class _SignedHeaders:
+    names: tuple[str, ...]  # in the request's order
+    joined: str  # the SignedHeaders value itself
+    name_set: frozenset[str]
+
+
+@lru_cache(maxsize=256)  # a client sends the same list with every request
+def _signed_headers(value: str) -> _SignedHeaders | str:
+    """The parsed ``SignedHeaders`` value, or what is wrong with it."""
     names = value.split(";")
     if not value or any(not _HEADER_NAME_RE.fullmatch(n) for n in names) or len(set(names)) != len(names):
-        raise err("SignedHeaders is not a ';'-separated list of lower-case header names.")
+        return "SignedHeaders is not a ';'-separated list of lower-case header names."
     if "host" not in names:
-        raise err("SignedHeaders must include the host header.")
-    return names
+        return "SignedHeaders must include the host header."
+    return _SignedHeaders(tuple(names), value, frozenset(names))
+
+
+def _parse_signed_headers(value: str, err: Callable[[str], S3Error]) -> _SignedHeaders:
+    parsed = _signed_headers(value)
+    if isinstance(parsed, str):
+        raise err(parsed)
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -270,28 +308,32 @@ class _Credential:
     access_key: str
     date: str
     region: str
-
-    @property
-    def scope(self) -> str:
-        return f"{self.date}/{self.region}/{SERVICE}/{TERMINATOR}"
+    scope: str  # date/region/s3/aws4_request
 
 
-def _parse_credential(value: str, err: Callable[[str], S3Error]) -> _Credential:
+@lru_cache(maxsize=256)  # a client sends the same credential all day
+def _credential(value: str) -> _Credential | str:
+    """The parsed ``Credential`` value, or what is wrong with it."""
     parts = value.rsplit("/", 4)
     if len(parts) != 5 or not all(parts):
-        raise err(
-            'the Credential is mal-formed; expecting "<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request".'
-        )
+        return 'the Credential is mal-formed; expecting "<YOUR-AKID>/YYYYMMDD/REGION/SERVICE/aws4_request".'
     access_key, date, region, service, terminator = parts
     if not _SCOPE_DATE_RE.fullmatch(date):
-        raise err(
+        return (
             f'incorrect date format "{date}". This date in the credential must be in the format "yyyyMMdd".'
         )
     if service != SERVICE:
-        raise err(f'incorrect service "{service}". This endpoint belongs to "{SERVICE}".')
+        return f'incorrect service "{service}". This endpoint belongs to "{SERVICE}".'
     if terminator != TERMINATOR:
-        raise err(f'incorrect terminal "{terminator}". This endpoint uses "{TERMINATOR}".')
-    return _Credential(access_key, date, region)
+        return f'incorrect terminal "{terminator}". This endpoint uses "{TERMINATOR}".'
+    return _Credential(access_key, date, region, f"{date}/{region}/{SERVICE}/{TERMINATOR}")
+
+
+def _parse_credential(value: str, err: Callable[[str], S3Error]) -> _Credential:
+    parsed = _credential(value)
+    if isinstance(parsed, str):
+        raise err(parsed)
+    return parsed
 
 
 def _validate_payload_hash(value: str) -> str:
@@ -314,6 +356,10 @@ def _lookup(lookup_secret: Callable[[str], str | None], access_key: str) -> str:
     if secret is None:
         raise S3Error("InvalidAccessKeyId", AWSAccessKeyId=access_key)
     return secret
+
+
+def _malformed(detail: str) -> S3Error:
+    return S3Error("AuthorizationHeaderMalformed", _MALFORMED + detail)
 
 
 def _signature_mismatch(access_key: str, string_to_sign: str, provided: str, canonical: str) -> S3Error:
@@ -350,9 +396,11 @@ def verify_request(
     """
     hdrs = _collect_headers(headers)
     now = _utc(now)
-    names = {k for k, _ in query}
-    presigned = any(p in names for p in ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature"))
-    sigv2_query = "AWSAccessKeyId" in names and "Signature" in names
+    presigned = sigv2_query = False
+    if query:
+        names = {k for k, _ in query}
+        presigned = any(p in names for p in ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature"))
+        sigv2_query = "AWSAccessKeyId" in names and "Signature" in names
     authorization = hdrs.get("authorization")
     if authorization is not None and (presigned or sigv2_query):
         raise S3Error(
@@ -381,11 +429,8 @@ def _verify_header_auth(
     now: datetime,
     max_skew: timedelta,
 ) -> SigningContext:
-    def malformed(detail: str) -> S3Error:
-        return S3Error("AuthorizationHeaderMalformed", _MALFORMED + detail)
-
     if len(authorization) != 1:
-        raise malformed("more than one Authorization header.")
+        raise _malformed("more than one Authorization header.")
     value = authorization[0].strip()
     scheme, _, rest = value.partition(" ")
     if scheme != ALGORITHM:
@@ -405,12 +450,12 @@ def _verify_header_auth(
     for component in rest.split(","):
         key, sep, val = component.strip().partition("=")
         if not sep or key in fields or key not in ("Credential", "SignedHeaders", "Signature"):
-            raise malformed(three)
+            raise _malformed(three)
         fields[key] = val.strip()
     if len(fields) != 3:
-        raise malformed(three)
-    cred = _parse_credential(fields["Credential"], malformed)
-    signed_headers = _parse_signed_headers(fields["SignedHeaders"], malformed)
+        raise _malformed(three)
+    cred = _parse_credential(fields["Credential"], _malformed)
+    signed_headers = _parse_signed_headers(fields["SignedHeaders"], _malformed)
     provided = fields["Signature"]
 
     # Request time: x-amz-date wins over Date.
@@ -429,7 +474,7 @@ def _verify_header_auth(
     if when is None:
         raise S3Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header")
     if amz_date[:8] != cred.date:
-        raise malformed(f'Invalid credential date. Date is not the same as X-Amz-Date: "{amz_date[:8]}".')
+        raise _malformed(f'Invalid credential date. Date is not the same as X-Amz-Date: "{amz_date[:8]}".')
 
     if "x-amz-content-sha256" not in hdrs:
         raise S3Error("InvalidRequest", "Missing required header for this request: x-amz-content-sha256")
@@ -515,7 +560,7 @@ def _verify_presigned(
 
     if "X-Amz-Content-Sha256" in params:
         payload_hash = _validate_payload_hash(params["X-Amz-Content-Sha256"])
-    elif "x-amz-content-sha256" in signed_headers and "x-amz-content-sha256" in hdrs:
+    elif "x-amz-content-sha256" in signed_headers.name_set and "x-amz-content-sha256" in hdrs:
         payload_hash = _validate_payload_hash(hdrs["x-amz-content-sha256"][0].strip())
     else:
         payload_hash = UNSIGNED_PAYLOAD

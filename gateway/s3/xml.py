@@ -7,6 +7,7 @@ expansion; any parse failure is ``MalformedXML``.
 
 from __future__ import annotations
 
+import functools
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -29,8 +30,13 @@ def iso8601(ts: float) -> str:
 
 
 def http_date(ts: float) -> str:
-    """RFC 1123 date for Last-Modified."""
-    return formatdate(int(ts), usegmt=True)
+    """RFC 1123 date for Last-Modified (whole seconds)."""
+    return _http_date(int(ts))
+
+
+@functools.lru_cache(maxsize=4096)  # objects' Last-Modified repeat: format each second once
+def _http_date(second: int) -> str:
+    return formatdate(second, usegmt=True)
 
 
 def _render(node: Node, out: list[str]) -> None:

@@ -176,9 +176,9 @@ def test_backend_requests_and_breaker_reach_the_metrics(seaweed: Seaweed, tmp_pa
             assert readyz(server)[0] == 200
 
             proxy.refuse()  # the backend is gone
-            for i in range(3):
+            for i in range(3):  # too big to be stored inline in its manifest: it needs the backend
                 with pytest.raises(ClientError) as failed:
-                    s3.put_object(Bucket=bucket, Key=f"{key}.{i}", Body=os.urandom(1000))
+                    s3.put_object(Bucket=bucket, Key=f"{key}.{i}", Body=os.urandom(100_000))
                 assert failed.value.response["Error"]["Code"] == "SlowDown"
             _, broken = scrape(server)
             assert sample(broken, "circuit_breaker_state") == 2
