@@ -1,5 +1,6 @@
-"""``strata fsck``: check that every object's chunks exist, decrypt and hash to their id;
-``strata fsck --rebuild-index``: re-add chunk index rows from the pack trailers.
+"""``strata fsck``: check that every object's chunks exist, decrypt and hash to their id (in
+packs, or sealed inline in a tiny object's manifest); ``strata fsck --rebuild-index``:
+re-add chunk index rows from the pack trailers.
 
 Broken objects go to stdout, one line each (``bucket/key (versionId): reason``); progress
 and the summary go to stderr. Exit status: 0 clean, 1 something is broken, 2 the stores
@@ -30,8 +31,9 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "fsck",
         help="check that every object's chunks exist, decrypt and hash to their id",
         description=(
-            "Read every chunk that an object version or an unfinished multipart part references, "
-            "check its AES-GCM tag and re-hash it with its tenant's dedup key. Broken objects are "
+            "Read every chunk that an object version or an unfinished multipart part references "
+            "(from its pack, or from the manifest of a tiny object stored inline), check its "
+            "AES-GCM tag and re-hash it with its tenant's dedup key. Broken objects are "
             "printed as 'bucket/key (versionId): reason' on stdout; exit status 1 if any. "
             "Read-only and safe while 'strata serve' runs on the same stores."
         ),
@@ -76,7 +78,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def _detail(report: FsckReport) -> str:
-    return f"{report.chunks:,} chunks, {human_bytes(report.bytes_read)} read, {report.broken:,} broken"
+    return (
+        f"{report.chunks:,} chunks, {report.inline:,} inline, {human_bytes(report.bytes_read)} read, "
+        f"{report.broken:,} broken"
+    )
 
 
 async def _check(config: Config, report: FsckReport) -> int:

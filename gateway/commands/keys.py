@@ -1,6 +1,7 @@
-"""``strata keys rotate``: add a KEK version and re-wrap every wrapped key (no data is
-rewritten); ``strata keys reencrypt``: rewrite every pack under fresh DEKs (after a suspected
-DEK leak). gateway/maintenance/keys.py has the design.
+"""``strata keys rotate``: add a KEK version and re-wrap every wrapped key, the DEKs inside
+inline manifests included (no data is rewritten); ``strata keys reencrypt``: re-seal every
+inline object and rewrite every pack under fresh DEKs (after a suspected DEK leak).
+gateway/maintenance/keys.py has the design.
 
 Both are safe next to a live gateway, show progress on stderr and print a summary on stdout.
 Both record their progress durably: after Ctrl-C or a crash, running the same command again
@@ -32,8 +33,9 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "rotate",
         help="add a KEK version and re-wrap every DEK and secret (no data rewritten)",
         description=(
-            "Add a version to the local keyring and re-wrap every pack DEK, user dedup key and "
-            "access key secret still wrapped by an older version. No data is rewritten; old "
+            "Add a version to the local keyring and re-wrap every pack DEK, user dedup key, "
+            "access key secret and inline object DEK (kept in the object's manifest) still "
+            "wrapped by an older version. No data is rewritten; old "
             "versions stay in the keyring, so everything keeps reading, also in a running "
             "gateway. Run it again after an interruption to finish the same rotation."
         ),
@@ -42,9 +44,10 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     rot.set_defaults(run=run_rotate)
     enc = keys_sub.add_parser(
         "reencrypt",
-        help="rewrite every pack under fresh DEKs (for a suspected DEK leak)",
+        help="rewrite every inline object and pack under fresh DEKs (for a suspected DEK leak)",
         description=(
-            "Copy every live record into new packs sealed under fresh DEKs, repoint the chunk "
+            "Re-seal every tiny object kept inline in its manifest under fresh DEKs, then "
+            "copy every live record into new packs sealed under fresh DEKs, repoint the chunk "
             "index and retire the old packs; their blobs are deleted once the grace period "
             "(gc.grace_seconds, or --grace) has passed, here or by a later 'strata gc'. Run it "
             "again after an interruption to finish the same job."
@@ -117,4 +120,4 @@ async def _reencrypt(config: Config, grace: float | None, report: ReencryptRepor
     finally:
         observer.close()
     print(f"strata keys reencrypt: {report.summary()}")
-    return 1 if report.rewrite.damaged else 0
+    return 1 if report.damaged else 0

@@ -1,5 +1,6 @@
-"""``strata stats``: objects, logical/unique/stored/physical bytes, dedup and compression
-ratios, and bytes by tier, as a table for people or JSON (``--json``) for machines.
+"""``strata stats``: objects, logical/unique/stored/physical bytes (packs and inline objects
+apart), dedup and compression ratios, and bytes by tier, as a table for people or JSON
+(``--json``) for machines.
 
 Reads one aggregate snapshot from the metadata store (see :mod:`gateway.maintenance.stats`
 for the definitions); safe next to a live gateway.
@@ -27,8 +28,9 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         help="storage statistics: objects, bytes, dedup and compression ratios, bytes by tier",
         description=(
             "Print what the store holds: objects and versions, logical bytes (what clients "
-            "would download), unique chunk bytes, stored and physical bytes, the dedup ratio "
-            "(logical / unique) and compression ratio (unique / stored), and bytes by tier."
+            "would download), unique chunk bytes, stored and physical bytes (in packs, and of tiny "
+            "objects kept inline in the metadata store), the dedup ratio (logical / unique) and "
+            "compression ratio (unique / stored), and bytes by tier."
         ),
     )
     common(p)
@@ -46,6 +48,7 @@ def _bytes(n: int) -> str:
 
 def table(s: dict[str, Any]) -> str:
     """A plain two-column table of :func:`gateway.maintenance.stats.summarize`'s numbers."""
+    inline = f"{_bytes(s['inline_bytes'])} in {s['inline_versions']:,} manifests, in the metadata store"
     rows = [
         ("objects (current)", f"{s['objects']:,}"),
         ("versions (all)", f"{s['versions']:,}"),
@@ -55,7 +58,9 @@ def table(s: dict[str, Any]) -> str:
         ("unique chunks", f"{s['unique_chunks']:,}"),
         ("unique bytes", _bytes(s["unique_bytes"])),
         ("stored bytes", _bytes(s["stored_bytes"])),
-        ("physical bytes", f"{_bytes(s['physical_bytes'])} in {s['packs']:,} packs"),
+        ("physical bytes", f"{_bytes(s['physical_bytes'])}: pack bytes + inline bytes"),
+        ("pack bytes", f"{_bytes(s['pack_bytes'])} in {s['packs']:,} packs"),
+        ("inline bytes", inline),
         ("dedup ratio", _ratio(s["dedup_ratio"])),
         ("compression ratio", _ratio(s["compression_ratio"])),
     ]

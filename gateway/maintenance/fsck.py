@@ -14,6 +14,13 @@ The checker trusts nothing the writer believed (restic's ``checker`` is the mode
    which the read path skips (:func:`verify_record`).
 3. Each manifest that references a bad chunk is reported as broken, with the reason.
 
+A tiny object's *inline* manifest (dedup/manifest.py, version 2) carries its one record and
+the wrapped DEK that sealed it; that chunk is in no pack and not in the chunk index, so only
+:attr:`~dedup.manifest.Manifest.indexed_ids` go through steps 2 and 3. The record itself is
+checked like a pack record (:func:`verify_inline`): the DEK is unwrapped once per distinct
+wrapped DEK (many objects share one; :class:`DekCache` keeps the recent ones), the record
+opens as the read path opens it, and its plaintext re-hashes to the chunk id.
+
 Verdicts live in a scratch SQLite file, so memory stays bounded by one page however many
 chunks the store holds, and each (tenant, chunk) pair is read once per run. The check only
 reads, so it is safe next to a live gateway: manifests committed after the scan passed them
@@ -29,6 +36,7 @@ trailer read and the row insert.
 from __future__ import annotations
 
 import asyncio
+import collections
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Executor
@@ -36,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from crypto import CryptoError, IntegrityError, KEKProvider, Sealer
+from crypto import CryptoError, IntegrityError, KEKProvider, Sealer, WrappedKey
 from dedup import (
     HEADER_MAX,
     ChunkLocation,
@@ -57,6 +65,8 @@ PAGE = 128  # manifests per metadata page
 WINDOW = 4096  # chunk ids verified per step (bounds the ids and locations held at once)
 TAIL_GUESS = 64 * 1024  # bytes fetched from a pack's end: the footer and, usually, the trailer
 RESTORE_BATCH = 64  # packs per restore transaction
+INLINE_DEKS = 1024  # unwrapped inline DEKs kept (LRU; versions come in key order, DEKs in runs)
+BUCKET_GONE = "the object's bucket no longer exists, so its dedup key is unknown"
 
 Problem = str | None  # None: the chunk is good
 T = TypeVar("T")
@@ -96,25 +106,28 @@ class FsckReport:
     """Running totals; complete after :meth:`Checker.run`, partial if it was interrupted."""
 
     manifests: int = 0
-    chunks: int = 0  # distinct (tenant, chunk) pairs verified
-    bad_chunks: int = 0
-    bytes_read: int = 0
+    chunks: int = 0  # distinct (tenant, chunk) pairs verified in packs
+    inline: int = 0  # inline records verified (one per inline manifest)
+    bad_chunks: int = 0  # bad pack chunks and bad inline records
+    bytes_read: int = 0  # from the backend
     broken: int = 0
 
     def summary(self) -> str:
         return (
             f"{self.manifests:,} manifests, {self.chunks:,} chunks checked "
-            f"({self.bytes_read:,} bytes read): {self.broken:,} broken objects, "
-            f"{self.bad_chunks:,} bad chunks"
+            f"({self.bytes_read:,} bytes read), {self.inline:,} inline records checked: "
+            f"{self.broken:,} broken objects, {self.bad_chunks:,} bad chunks"
         )
 
 
 async def pages(
-    fetch: Callable[[C | None, int], Awaitable[list[T]]], cursor: Callable[[T], C], limit: int
+    fetch: Callable[[C | None, int], Awaitable[list[T]]],
+    cursor: Callable[[T], C],
+    limit: int,
+    after: C | None = None,
 ) -> AsyncIterator[list[T]]:
     """Keyset paging: call ``fetch(after, limit)`` until a short page, where ``after`` is the
-    ``cursor`` of the previous page's last row."""
-    after: C | None = None
+    ``cursor`` of the previous page's last row (first: the one given, to resume a scan)."""
     while True:
         page = await fetch(after, limit)
         if page:
@@ -136,7 +149,7 @@ async def subjects(meta: MetadataStore, limit: int = PAGE) -> AsyncIterator[list
             owners[bucket] = None if found is None else found.owner
         return owners[bucket]
 
-    async for versions in pages(meta.scan_versions, _version_cursor, limit):
+    async for versions in pages(meta.scan_versions, version_cursor, limit):
         yield [
             Subject(v.bucket, v.key, v.version_id, await owner(v.bucket), v.manifest)
             for v in versions
@@ -149,7 +162,8 @@ async def subjects(meta: MetadataStore, limit: int = PAGE) -> AsyncIterator[list
         ]
 
 
-def _version_cursor(v: ObjectVersion) -> tuple[str, str, str]:
+def version_cursor(v: ObjectVersion) -> tuple[str, str, str]:
+    """The keyset position of a version in :meth:`MetadataStore.scan_versions` order."""
     return v.bucket, v.key, v.version_id
 
 
@@ -203,6 +217,35 @@ class VerdictSet:
         self.close()
 
 
+class DekCache:
+    """Unwrapped DEKs by their wrapped form, for inline manifests (many objects share one
+    wrapped DEK): each is unwrapped once while it stays among the ``size`` most recently used;
+    one that does not unwrap is remembered with the reason. Scans meet versions in key order,
+    and the DEKs of neighbouring versions are mostly the same, so a small cache suffices."""
+
+    def __init__(self, kek: KEKProvider, size: int = INLINE_DEKS) -> None:
+        self._kek = kek
+        self._size = size
+        self._deks: collections.OrderedDict[WrappedKey, Sealer | str] = collections.OrderedDict()
+        self.unwrapped = 0  # unwrap calls made
+
+    async def sealer(self, wrapped: WrappedKey) -> Sealer | str:
+        """The sealer of the DEK ``wrapped`` wraps, or why it does not unwrap."""
+        found = self._deks.get(wrapped)
+        if found is not None:
+            self._deks.move_to_end(wrapped)
+            return found
+        self.unwrapped += 1
+        try:
+            found = Sealer(await self._kek.unwrap(wrapped))
+        except CryptoError as e:
+            found = f"the inline DEK (KEK version {wrapped.kek_version}) does not unwrap ({e})"
+        self._deks[wrapped] = found
+        while len(self._deks) > self._size:
+            self._deks.popitem(last=False)
+        return found
+
+
 # -- verifying records (pure) --------------------------------------------------------------
 
 
@@ -247,9 +290,15 @@ def plan_runs(
     return runs
 
 
+def verify_inline(items: list[tuple[Sealer, bytes, bytes, bytes]]) -> list[Problem]:
+    """:func:`verify_record` for each (sealer, record, chunk id, dedup key) of inline manifests."""
+    return [verify_record(sealer, memoryview(record), cid, key) for sealer, record, cid, key in items]
+
+
 def first_problem(manifest: Manifest, problems: dict[bytes, str]) -> tuple[int, str] | None:
-    """(number of bad chunk references, the first one's reason) of a manifest, or None."""
-    bad = [cid for cid in manifest.chunk_ids if cid in problems]
+    """(number of bad chunk references, the first one's reason) of a manifest's indexed
+    chunks (those in packs), or None."""
+    bad = [cid for cid in manifest.indexed_ids if cid in problems]
     if not bad:
         return None
     return len(bad), f"chunk {bad[0].hex()}: {problems[bad[0]]}"
@@ -273,6 +322,10 @@ class Checker:
     report: FsckReport = field(default_factory=FsckReport)
 
     on_progress: Callable[[FsckReport], None] = lambda report: None  # after each read and page
+    inline_deks: DekCache = field(init=False, repr=False)  # of the inline manifests met
+
+    def __post_init__(self) -> None:
+        self.inline_deks = DekCache(self.kek)
 
     async def run(self, on_broken: Callable[[Broken], None]) -> FsckReport:
         """Check everything; ``on_broken`` is called for each broken manifest as it is found."""
@@ -287,20 +340,58 @@ class Checker:
     async def check_page(self, page: list[Subject]) -> list[Broken]:
         by_tenant: dict[str | None, set[bytes]] = {}
         for s in page:
-            by_tenant.setdefault(s.tenant, set()).update(s.manifest.chunk_ids)
+            by_tenant.setdefault(s.tenant, set()).update(s.manifest.indexed_ids)
         problems: dict[str | None, dict[bytes, str]] = {}
         for tenant, ids in by_tenant.items():
             problems[tenant] = await self._tenant_problems(tenant, list(ids))
+        inline = await self._inline_problems(page)
         out = []
-        for s in page:
-            found = first_problem(s.manifest, problems[s.tenant])
+        for i, s in enumerate(page):
+            found = inline.get(i) or first_problem(s.manifest, problems[s.tenant])
             if found is not None:
                 out.append(Broken(s, *found))
         return out
 
+    async def _inline_problems(self, page: list[Subject]) -> dict[int, tuple[int, str]]:
+        """(1, reason) for each inline manifest of ``page`` (by index) whose record is bad."""
+        problems: dict[int, str] = {}
+        todo: list[int] = []
+        items: list[tuple[Sealer, bytes, bytes, bytes]] = []
+        for i, s in enumerate(page):
+            inline = s.manifest.inline
+            if inline is None:
+                continue
+            self.report.inline += 1
+            key = BUCKET_GONE if s.tenant is None else await self._dedup_key(s.tenant)
+            sealer = await self.inline_deks.sealer(inline.wrapped_dek)
+            if isinstance(key, str):
+                problems[i] = key
+            elif isinstance(sealer, str):
+                problems[i] = sealer
+            else:
+                todo.append(i)
+                items.append((sealer, inline.record, s.manifest.chunk_ids[0], key))
+        if items:
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self.pool, verify_inline, items)
+            problems.update((i, p) for i, p in zip(todo, found, strict=True) if p is not None)
+        self.report.bad_chunks += len(problems)
+        return {
+            i: (1, f"chunk {page[i].manifest.chunk_ids[0].hex()} (inline): {p}") for i, p in problems.items()
+        }
+
+    async def _dedup_key(self, tenant: str) -> bytes | str:
+        """The tenant's dedup key, or why it cannot be had."""
+        try:
+            return await self.identities.dedup_key(tenant)
+        except KeyError:
+            return f"tenant {tenant!r} has no dedup key"
+        except CryptoError as e:
+            return f"tenant {tenant!r}: dedup key does not unwrap ({e})"
+
     async def _tenant_problems(self, tenant: str | None, ids: list[bytes]) -> dict[bytes, str]:
         if tenant is None:
-            return dict.fromkeys(ids, "the object's bucket no longer exists, so its dedup key is unknown")
+            return dict.fromkeys(ids, BUCKET_GONE)
         problems: dict[bytes, str] = {}
         for start in range(0, len(ids), WINDOW):
             window = ids[start : start + WINDOW]
@@ -316,12 +407,9 @@ class Checker:
         return problems
 
     async def _verify(self, tenant: str, ids: list[bytes]) -> dict[bytes, Problem]:
-        try:
-            dedup_key = await self.identities.dedup_key(tenant)
-        except KeyError:
-            return dict.fromkeys(ids, f"tenant {tenant!r} has no dedup key")
-        except CryptoError as e:
-            return dict.fromkeys(ids, f"tenant {tenant!r}: dedup key does not unwrap ({e})")
+        dedup_key = await self._dedup_key(tenant)
+        if isinstance(dedup_key, str):
+            return dict.fromkeys(ids, dedup_key)
         locations = await self.meta.lookup_chunks(ids)
         out: dict[bytes, Problem] = {cid: "not in the chunk index" for cid in ids if cid not in locations}
         by_pack: dict[str, list[tuple[bytes, ChunkLocation]]] = {}

@@ -6,10 +6,14 @@ safe next to a live gateway. Definitions:
 
 * logical bytes: the sizes of every stored object version (current and noncurrent) plus
   the parts of unfinished multipart uploads: what clients would download;
-* unique bytes: the plaintext of every chunk in the chunk index, each once;
-* stored bytes: those chunks' records in packs (compressed and sealed);
+* inline bytes: the manifests of tiny objects sealed into their manifest (the sealed record,
+  its wrapped DEK and the chunk entry), which live in the metadata store, not in packs; each
+  such version stores its own copy (no dedup);
+* unique bytes: the plaintext of every chunk in the chunk index, each once, plus the
+  plaintext of the inline versions;
+* stored bytes: those chunks' records in packs (compressed and sealed), plus the inline bytes;
 * physical bytes: the packs themselves (with headers, trailers, and garbage that GC has
-  not yet reclaimed);
+  not yet reclaimed), plus the inline bytes;
 * dedup ratio = logical / unique; compression ratio = unique / stored;
 * bytes by tier: logical bytes per storage class (tiers map to storage classes).
 """
@@ -29,6 +33,8 @@ def ratio(numerator: int, denominator: int) -> float | None:
 def summarize(s: StorageStats) -> dict[str, Any]:
     """The numbers ``strata stats --json`` prints (stable keys, bytes as integers)."""
     logical = s.version_bytes + s.part_bytes
+    unique = s.chunk_plain_bytes + s.inline_plain_bytes
+    stored = s.chunk_stored_bytes + s.inline_bytes
     return {
         "objects": s.objects,
         "versions": s.versions,
@@ -37,12 +43,15 @@ def summarize(s: StorageStats) -> dict[str, Any]:
         "logical_bytes": logical,
         "current_bytes": s.current_bytes,
         "unique_chunks": s.chunks,
-        "unique_bytes": s.chunk_plain_bytes,
-        "stored_bytes": s.chunk_stored_bytes,
+        "unique_bytes": unique,
+        "stored_bytes": stored,
         "packs": s.packs,
-        "physical_bytes": s.pack_bytes,
-        "dedup_ratio": ratio(logical, s.chunk_plain_bytes),
-        "compression_ratio": ratio(s.chunk_plain_bytes, s.chunk_stored_bytes),
+        "pack_bytes": s.pack_bytes,
+        "inline_versions": s.inline_versions,
+        "inline_bytes": s.inline_bytes,
+        "physical_bytes": s.pack_bytes + s.inline_bytes,
+        "dedup_ratio": ratio(logical, unique),
+        "compression_ratio": ratio(unique, stored),
         "bytes_by_tier": dict(sorted(s.bytes_by_class.items())),
     }
 

@@ -90,7 +90,8 @@ claim uses the other shards' pools, so at most ``pool_max - 1`` bracketed commit
 shard in a process: a connection is always left for single statements, and pools cannot
 deadlock. Maintenance scans run per shard, one short statement (its own transaction) per
 page; a page merges every shard's page in one keyset order. Key rotation re-wraps pack DEKs
-on every shard, users and access keys on the catalog; jobs live on the catalog.
+on every shard, users and access keys on the catalog, and inline manifests (re-wrapped or
+re-sealed by the key jobs) on their bucket's shard; jobs live on the catalog.
 
 Adding a method: use :meth:`_bucket_shard` / :meth:`_bucket_tx` for "on the bucket's shard",
 :meth:`_pool` / :meth:`_tx` for a given shard, and :meth:`_each_shard` for "on every shard".
@@ -115,7 +116,7 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 
 from crypto.kek import WrappedKey
-from dedup.manifest import Manifest
+from dedup.manifest import INLINE_VERSION, MANIFEST_MAGIC, Manifest
 from dedup.pack import ChunkLocation
 from gateway.config import MetaConfig
 from gateway.events import OutboxEvent
@@ -151,7 +152,7 @@ from gateway.meta.rows import (
 )
 from gateway.meta.shards import HashRing, advisory_key
 from gateway.meta.sqlite import outbox_event
-from gateway.meta.store import StorageStats, WrappedKeyKind
+from gateway.meta.store import StorageStats, WrappedKeyKind, check_replacement
 from gateway.s3.errors import S3Error
 
 T = TypeVar("T")
@@ -169,6 +170,8 @@ DELETED_PACK = "A pack of this upload was garbage-collected meanwhile; retry."
 log = logging.getLogger("strata.meta")
 
 _PART_COLS = "part_number, size, etag, last_modified, manifest, checksum"
+# An inline manifest (dedup/manifest.py): its version byte, right after the magic.
+_INLINE = f"get_byte(manifest, {len(MANIFEST_MAGIC)}) = {INLINE_VERSION}"
 
 
 class _Lru(Generic[K, V]):
@@ -1080,10 +1083,23 @@ class PostgresMetadataStore:
         return list(itertools.islice(heapq.merge(*pages, key=order), limit))
 
     async def scan_versions(self, after: tuple[str, str, str] | None, limit: int) -> list[ObjectVersion]:
+        return await self._scan_versions(after, limit, [])
+
+    async def scan_inline_versions(
+        self, after: tuple[str, str, str] | None, limit: int
+    ) -> list[ObjectVersion]:
+        return await self._scan_versions(after, limit, [_INLINE])
+
+    async def _scan_versions(
+        self, after: tuple[str, str, str] | None, limit: int, where: list[str]
+    ) -> list[ObjectVersion]:
+        """One keyset page (over every shard) of the versions matching every condition of ``where``."""
         q = _Query(f"SELECT {OBJECT_COLUMNS}, latest FROM objects")
         if after is not None:
             b, k, v = (q.arg(a) for a in after)
-            q.sql += f" WHERE (bucket, key, version_id) > ({b}, {k}, {v})"
+            where = [f"(bucket, key, version_id) > ({b}, {k}, {v})", *where]
+        if where:
+            q.sql += " WHERE " + " AND ".join(where)
         q.sql += f" ORDER BY bucket, key, version_id LIMIT {q.arg(limit)}"
 
         async def page(conn: asyncpg.Connection, shard: int) -> list[ObjectVersion]:
@@ -1126,7 +1142,11 @@ class PostgresMetadataStore:
                     " (SELECT COALESCE(sum(plain_len), 0) FROM chunks) AS chunk_plain,"
                     " (SELECT COALESCE(sum(length), 0) FROM chunks) AS chunk_stored,"
                     " (SELECT count(*) FROM packs) AS packs,"
-                    " (SELECT COALESCE(sum(size), 0) FROM packs) AS pack_bytes"
+                    " (SELECT COALESCE(sum(size), 0) FROM packs) AS pack_bytes,"
+                    f" (SELECT count(*) FROM objects WHERE {_INLINE}) AS inline_versions,"
+                    f" (SELECT COALESCE(sum(size), 0) FROM objects WHERE {_INLINE}) AS inline_plain,"
+                    f" (SELECT COALESCE(sum(octet_length(manifest)), 0) FROM objects WHERE {_INLINE})"
+                    " AS inline_bytes"
                 )
                 by_class = await conn.fetch(
                     "SELECT storage_class, sum(size) FROM objects WHERE NOT delete_marker "
@@ -1155,6 +1175,9 @@ class PostgresMetadataStore:
             packs=total["packs"],
             pack_bytes=total["pack_bytes"],
             bytes_by_class=dict(by_class),
+            inline_versions=total["inline_versions"],
+            inline_plain_bytes=total["inline_plain"],
+            inline_bytes=total["inline_bytes"],
         )
 
     # -- garbage collection and key jobs (MaintenanceStore) -----------------------------
@@ -1470,6 +1493,23 @@ class PostgresMetadataStore:
         if kind == "pack":
             return sum(await self._per_pack_shard(by_id, one))
         return await one(0, sorted(by_id)) if by_id else 0
+
+    async def replace_manifest(
+        self, bucket: str, key: str, version_id: str, old: Manifest, new: Manifest
+    ) -> bool:
+        """One statement on the bucket's shard. It needs neither the bucket's nor the key's
+        lock: it changes no latest flag, seq or chunk reference, and the row lock plus the
+        re-checked ``manifest = old`` make a racing overwrite or delete win."""
+        check_replacement(old, new)
+        shard = await self._bucket_shard(bucket)
+        if shard is None:
+            return False
+        status = await self._pool(shard).execute(
+            "UPDATE objects SET manifest = $5 WHERE bucket = $1 AND key = $2 AND version_id = $3"
+            " AND manifest = $4",
+            bucket, key, version_id, old.encode(), new.encode(),
+        )  # fmt: skip
+        return _count(status) == 1
 
     async def claim_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
         """Take or renew lease ``name`` on the catalog; expiry by the database's clock."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from crypto.kek import WrappedKey
-from dedup.manifest import Manifest
+from dedup.manifest import INLINE_VERSION, MANIFEST_MAGIC, Manifest
 from dedup.pack import ChunkLocation
 from gateway.events import OutboxEvent
 from gateway.meta.keyorder import prefix_successor
@@ -51,7 +51,7 @@ from gateway.meta.rows import (
     version_from_row,
     version_values,
 )
-from gateway.meta.store import StorageStats, WrappedKeyKind
+from gateway.meta.store import StorageStats, WrappedKeyKind, check_replacement
 from gateway.s3.errors import S3Error
 
 T = TypeVar("T")
@@ -186,6 +186,9 @@ def _prefix_range(prefix: str) -> tuple[str, list[Any]]:
         return " AND key >= ?", [prefix]
     return " AND key >= ? AND key < ?", [prefix, upper]
 
+
+# An inline manifest (dedup/manifest.py): its version byte, right after the magic.
+_INLINE = f"substr(manifest, {len(MANIFEST_MAGIC) + 1}, 1) = X'{INLINE_VERSION:02x}'"
 
 _REVIVE = "UPDATE chunks SET condemned_at=NULL WHERE condemned_at IS NOT NULL AND chunk_id IN ({})"
 
@@ -742,11 +745,24 @@ class SqliteMetadataStore:
 
     # -- maintenance scans --------------------------------------------------------------
     async def scan_versions(self, after: tuple[str, str, str] | None, limit: int) -> list[ObjectVersion]:
-        sql = f"SELECT {_OBJECT_COLS} FROM objects"
+        return await self._scan_versions(after, limit, [])
+
+    async def scan_inline_versions(
+        self, after: tuple[str, str, str] | None, limit: int
+    ) -> list[ObjectVersion]:
+        return await self._scan_versions(after, limit, [_INLINE])
+
+    async def _scan_versions(
+        self, after: tuple[str, str, str] | None, limit: int, where: list[str]
+    ) -> list[ObjectVersion]:
+        """One keyset page of the versions matching every condition of ``where``."""
         params: list[Any] = []
         if after is not None:
-            sql += " WHERE (bucket, key, version_id) > (?, ?, ?)"
+            where = ["(bucket, key, version_id) > (?, ?, ?)", *where]
             params += after
+        sql = f"SELECT {_OBJECT_COLS} FROM objects"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY bucket, key, version_id LIMIT ?"
         rows = await self._read(lambda c: c.execute(sql, [*params, limit]).fetchall())
         return [version_from_row(r) for r in rows]
@@ -785,7 +801,9 @@ class SqliteMetadataStore:
                     "SELECT COALESCE(SUM(delete_marker = 0), 0), COALESCE(SUM(delete_marker), 0), "
                     "COALESCE(SUM(size), 0), COALESCE(SUM(CASE WHEN latest = 1 AND delete_marker = 0 "
                     "THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN latest = 1 AND delete_marker = 0 "
-                    "THEN size ELSE 0 END), 0) FROM objects"
+                    "THEN size ELSE 0 END), 0), "
+                    f"COALESCE(SUM({_INLINE}), 0), COALESCE(SUM(CASE WHEN {_INLINE} THEN size END), 0), "
+                    f"COALESCE(SUM(CASE WHEN {_INLINE} THEN length(manifest) END), 0) FROM objects"
                 ).fetchone()
                 by_class = c.execute(
                     "SELECT storage_class, SUM(size) FROM objects WHERE delete_marker = 0 "
@@ -812,6 +830,9 @@ class SqliteMetadataStore:
                 packs=packs[0],
                 pack_bytes=packs[1],
                 bytes_by_class={name: total for name, total in by_class},
+                inline_versions=versions[5],
+                inline_plain_bytes=versions[6],
+                inline_bytes=versions[7],
             )
 
         return await self._read_aside(run)
@@ -954,6 +975,14 @@ class SqliteMetadataStore:
             )
 
         return await self._write(tx)
+
+    async def replace_manifest(
+        self, bucket: str, key: str, version_id: str, old: Manifest, new: Manifest
+    ) -> bool:
+        check_replacement(old, new)
+        sql = "UPDATE objects SET manifest=? WHERE bucket=? AND key=? AND version_id=? AND manifest=?"
+        params = (new.encode(), bucket, key, version_id, old.encode())
+        return await self._write(lambda c: c.execute(sql, params).rowcount == 1)
 
     async def claim_lease(self, name: str, owner: str, ttl_seconds: float) -> bool:
         return await self._write(lambda c: _claim(c, "leases", "name", name, owner, ttl_seconds))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from crypto.kek import WrappedKey
+from dedup.manifest import Manifest
 from dedup.pack import ChunkLocation
 from gateway.events import OutboxEvent
 from gateway.meta.models import (
@@ -159,9 +160,23 @@ class StorageStats:
     packs: int
     pack_bytes: int  # stored pack bytes (headers, records, trailers; garbage not yet collected)
     bytes_by_class: dict[str, int] = field(default_factory=dict)  # version bytes per storage class
+    # versions whose data is sealed into their manifest (no chunk row, no pack): how many,
+    # their plaintext bytes (part of ``version_bytes``), and their manifests' bytes (the sealed
+    # record, wrapped DEK and chunk entry), which live in the metadata store
+    inline_versions: int = 0
+    inline_plain_bytes: int = 0
+    inline_bytes: int = 0
 
 
 WrappedKeyKind = Literal["pack", "user", "access_key"]  # the rows that hold a wrapped key
+
+
+def check_replacement(old: Manifest, new: Manifest) -> None:
+    """Raise ValueError unless ``new`` may replace ``old`` in :meth:`MaintenanceStore.replace_manifest`:
+    the same chunks and lengths, and the same indexed chunk ids (only how the data is sealed or
+    its DEK wrapped may change)."""
+    if (new.chunk_ids, new.lengths, new.indexed_ids) != (old.chunk_ids, old.lengths, old.indexed_ids):
+        raise ValueError("a replacement manifest must name the same chunks, stored the same way")
 
 
 class MaintenanceStore(MetadataStore, Protocol):
@@ -202,6 +217,21 @@ class MaintenanceStore(MetadataStore, Protocol):
     ) -> int: ...
 
     # ^ (row id, old, new): replaces each row's key only if it still holds ``old``
+
+    # inline manifests (key jobs re-wrap or re-seal the DEK and record a tiny object carries)
+    async def scan_inline_versions(
+        self, after: tuple[str, str, str] | None, limit: int
+    ) -> list[ObjectVersion]: ...  # like scan_versions, only versions whose manifest is inline
+    async def replace_manifest(
+        self, bucket: str, key: str, version_id: str, old: Manifest, new: Manifest
+    ) -> bool: ...
+
+    # ^ compare-and-set: replace the version's manifest only if its stored bytes still equal
+    #   ``old`` (a concurrent overwrite or delete wins: False). ``new`` must name the same data
+    #   (:func:`check_replacement`): no chunk reference changes, so gc needs no claim, and no
+    #   event is emitted. A serving gateway's cache may keep ``old`` until its TTL runs out;
+    #   that copy still reads (every KEK version stays in the keyring, and ``old``'s DEK still
+    #   opens ``old``'s record), so correctness never depends on invalidating it.
 
     # durable state of resumable jobs (None deletes)
     # One holder at a time across processes, until ``ttl_seconds`` pass without a renewal

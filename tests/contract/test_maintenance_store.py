@@ -1,7 +1,8 @@
 """The MaintenanceStore contract (what gc, repack and the key jobs need), for every
 implementation (``sqlite``, ``pg4``): keyset scans of the chunk index and of packs,
 condemn / revive / sweep, retiring, deleting and tombstoning packs, repointing chunk rows,
-re-wrapping keys, resumable job state; and the commit-time check of every commit that makes
+re-wrapping keys, scanning inline manifests and replacing a manifest by compare-and-set,
+resumable job state; and the commit-time check of every commit that makes
 a manifest visible: a swept chunk or a deleted pack fails it with a retryable ``SlowDown``
 and nothing is committed, a condemned chunk and a retired pack are revived by it, and dedup
 lookups (``live_only``) treat condemned chunks as misses."""
@@ -16,10 +17,11 @@ from typing import cast
 import pytest
 
 from crypto.kek import WrappedKey
-from dedup.manifest import Manifest
+from dedup.manifest import InlineRecord, Manifest
 from dedup.pack import ChunkLocation
 from gateway.meta.models import (
     AccessKey,
+    Bucket,
     ChunkMove,
     NewChunk,
     ObjectVersion,
@@ -285,3 +287,75 @@ async def test_leases_have_one_holder_until_released_or_expired(meta: Maintenanc
     time.sleep(0.4)  # b stops renewing: its lease expires
     assert await meta.claim_lease("maintenance", "c", 30)
     assert not await meta.claim_lease("maintenance", "b", 30)
+
+
+# -- inline manifests ------------------------------------------------------------------------
+def _inline(bucket: str, key: str, version_id: str, wrapped: WrappedKey, record: bytes) -> ObjectVersion:
+    manifest = Manifest((os.urandom(32),), (len(record) - 20,), InlineRecord(wrapped, record))
+    return ObjectVersion(bucket, key, version_id, manifest.size, "e" * 32, 1.0, manifest)
+
+
+async def _scan_inline(meta: MaintenanceStore, limit: int) -> list[ObjectVersion]:
+    found: list[ObjectVersion] = []
+    after: tuple[str, str, str] | None = None
+    while page := await meta.scan_inline_versions(after, limit):
+        assert len(page) <= limit
+        found += page
+        after = (page[-1].bucket, page[-1].key, page[-1].version_id)
+    return found
+
+
+async def test_inline_versions_scan_replace_and_stats(meta: MaintenanceStore) -> None:
+    w1, w2 = WrappedKey("local", 1, b"1" * 61), WrappedKey("local", 2, b"2" * 61)
+    buckets = [f"in-{i}" for i in range(6)]  # spread over the shards
+    for b in buckets:
+        assert await meta.create_bucket(Bucket(b, "root", "us-east-1", 0.0))
+    inline = [_inline(b, f"k{j}", "null", w1, os.urandom(60 + j)) for b in buckets for j in range(2)]
+    for v in inline:
+        await meta.put_object(v, EMPTY)
+    ids = _ids(2)
+    await meta.restore_index(StagedData([_pack("pi")], _rows("pi", ids)))
+    await meta.put_object(_object("packed", ids), EMPTY)  # not inline: never scanned
+    marker = ObjectVersion("in-0", "k0", "dm", 0, "", 2.0, Manifest((), ()), delete_marker=True)
+    await meta.put_object(marker, EMPTY)  # the inline null version becomes noncurrent: still scanned
+    got = await _scan_inline(meta, 5)  # pages over every shard
+    assert [(v.bucket, v.key, v.version_id, v.manifest) for v in got] == [
+        (v.bucket, v.key, v.version_id, v.manifest) for v in inline
+    ]
+    stats = await meta.storage_stats()
+    assert stats.inline_versions == len(inline)
+    assert stats.inline_plain_bytes == sum(v.size for v in inline)
+    assert stats.inline_bytes == sum(len(v.manifest.encode()) for v in inline)
+
+    first = inline[1]
+    rewrapped = Manifest(first.manifest.chunk_ids, first.manifest.lengths, InlineRecord(w2, b"resealed" * 9))
+    args = (first.bucket, first.key, first.version_id)
+    assert await meta.replace_manifest(*args, first.manifest, rewrapped)
+    assert (await meta.get_object(*args)) == ObjectVersion(
+        first.bucket, first.key, "null", first.size, "e" * 32, 1.0, rewrapped
+    )
+    assert not await meta.replace_manifest(*args, first.manifest, rewrapped)  # no longer holds old
+    assert (await meta.get_object(*args)).manifest == rewrapped  # type: ignore[union-attr]
+    # a concurrent overwrite wins: the version now holds another manifest
+    second = inline[2]
+    newer = _inline(second.bucket, second.key, "null", w1, os.urandom(70))
+    await meta.put_object(newer, EMPTY)
+    stale = Manifest(second.manifest.chunk_ids, second.manifest.lengths, InlineRecord(w2, b"x" * 80))
+    assert not await meta.replace_manifest(second.bucket, second.key, "null", second.manifest, stale)
+    assert (await meta.get_object(second.bucket, second.key)).manifest == newer.manifest  # type: ignore[union-attr]
+    # a delete wins too, and so does a missing bucket
+    third = inline[3]
+    await meta.delete_object(third.bucket, third.key, "null")
+    assert not await meta.replace_manifest(third.bucket, third.key, "null", third.manifest, third.manifest)
+    assert await meta.get_object(third.bucket, third.key, "null") is None
+    assert not await meta.replace_manifest("no-bucket", "k", "null", third.manifest, third.manifest)
+    # only how the data is sealed may change, never what it is
+    other = Manifest((os.urandom(32),), first.manifest.lengths, InlineRecord(w2, b"r" * 80))
+    with pytest.raises(ValueError):
+        await meta.replace_manifest(*args, rewrapped, other)
+    with pytest.raises(ValueError):
+        await meta.replace_manifest(*args, rewrapped, Manifest(rewrapped.chunk_ids, rewrapped.lengths))
+    assert (await meta.get_object(*args)).manifest == rewrapped  # type: ignore[union-attr]
+    assert [
+        v.manifest for v in await _scan_inline(meta, 100) if v.key == first.key and v.bucket == first.bucket
+    ] == [rewrapped]

@@ -1,11 +1,13 @@
 """``strata fsck`` and ``strata stats`` as operators run them: subprocesses pointed at the
-data dir of a gateway that keeps serving, with the data uploaded through S3."""
+data dir of a gateway that keeps serving, with the data uploaded through S3 (objects of at
+most ``storage.inline_max`` bytes are sealed into their manifest, the others go to packs)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -40,12 +42,16 @@ def meta_rows(data_dir: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return c.execute(sql, params).fetchall()
 
 
-def chunk_location(data_dir: Path, bucket: str, key: str, index: int) -> tuple[bytes, str, int, int]:
-    """(chunk id, pack id, offset, length) of chunk ``index`` of the current version."""
+def current_manifest(data_dir: Path, bucket: str, key: str) -> Manifest:
     ((blob,),) = meta_rows(
         data_dir, "SELECT manifest FROM objects WHERE bucket=? AND key=? AND latest=1", bucket, key
     )
-    cid = Manifest.decode(blob).chunk_ids[index]
+    return Manifest.decode(blob)
+
+
+def chunk_location(data_dir: Path, bucket: str, key: str, index: int) -> tuple[bytes, str, int, int]:
+    """(chunk id, pack id, offset, length) of chunk ``index`` of the current version."""
+    cid = current_manifest(data_dir, bucket, key).chunk_ids[index]
     ((pack, offset, length),) = meta_rows(
         data_dir, "SELECT pack_id, offset, length FROM chunks WHERE chunk_id=?", cid
     )
@@ -97,6 +103,47 @@ def test_fsck_names_exactly_the_objects_sharing_a_damaged_chunk(server: StrataSe
     assert len(body) == 2 * MiB
 
 
+def flip_inline_record_byte(data_dir: Path, bucket: str, key: str, version_id: str) -> bytes:
+    """Flip one byte of the ciphertext of the record sealed in a version's manifest (the
+    ``manifest`` blob of its ``objects`` row); returns the chunk id."""
+    where = "bucket=? AND key=? AND version_id=?"
+    ((blob,),) = meta_rows(data_dir, f"SELECT manifest FROM objects WHERE {where}", bucket, key, version_id)
+    manifest = Manifest.decode(blob)
+    assert manifest.inline is not None
+    data = bytearray(blob)
+    data[len(blob) - len(manifest.inline.record) + 48 + 12 + 1] ^= 0x20  # past the header and nonce
+    with sqlite3.connect(data_dir / "meta.sqlite") as c:
+        c.execute(f"UPDATE objects SET manifest=? WHERE {where}", (bytes(data), bucket, key, version_id))
+    return manifest.chunk_ids[0]
+
+
+def test_fsck_checks_inline_objects_and_names_the_one_with_a_flipped_byte(server: StrataServer) -> None:
+    s3 = make_client(server)
+    s3.create_bucket(Bucket="tiny")
+    s3.put_bucket_versioning(Bucket="tiny", VersioningConfiguration={"Status": "Enabled"})
+    bodies = {"a.txt": b"hello inline", "b.bin": os.urandom(4000), "c.bin": os.urandom(16 * 1024)}
+    versions = {
+        key: s3.put_object(Bucket="tiny", Key=key, Body=body)["VersionId"] for key, body in bodies.items()
+    }
+    s3.put_object(Bucket="tiny", Key="b.bin", Body=os.urandom(900))  # b.bin v1 is now noncurrent
+    s3.put_object(Bucket="tiny", Key="big.bin", Body=os.urandom(2 * MiB))  # in a pack
+    assert current_manifest(server.data_dir, "tiny", "a.txt").inline is not None
+    assert current_manifest(server.data_dir, "tiny", "big.bin").inline is None
+
+    clean = strata("fsck", "--data-dir", str(server.data_dir))
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert clean.stdout == "" and "4 inline records checked: 0 broken objects" in clean.stderr
+
+    cid = flip_inline_record_byte(server.data_dir, "tiny", "b.bin", versions["b.bin"])
+    run = strata("fsck", "--data-dir", str(server.data_dir))
+    assert run.returncode == 1, run.stderr
+    assert broken_names(run.stdout) == {f"tiny/b.bin ({versions['b.bin']})"}
+    assert f"chunk {cid.hex()} (inline): record failed authentication (AES-GCM tag)" in run.stdout
+    assert "1 broken objects, 1 bad chunks" in run.stderr
+    for key in ("a.txt", "c.bin"):  # fsck only read: the others still serve
+        assert s3.get_object(Bucket="tiny", Key=key)["Body"].read() == bodies[key]
+
+
 def test_fsck_names_the_objects_of_a_deleted_pack(server: StrataServer) -> None:
     s3 = make_client(server)
     s3.create_bucket(Bucket="docs")
@@ -116,11 +163,14 @@ def test_rebuild_index_brings_back_every_object_byte_exact(server: StrataServer)
     bodies = {
         "big.bin": os.urandom(6 * MiB),
         "text.log": b"".join(b"line %d of a log file\n" % i for i in range(200_000)),
-        "small-1": os.urandom(10_000),
+        "small-1": os.urandom(10_000),  # inline: no pack, no chunk row
         "small-2": b"hello",
     }
     for key, body in bodies.items():
         s3.put_object(Bucket="vault", Key=key, Body=body)
+    assert all(
+        current_manifest(server.data_dir, "vault", k).inline is not None for k in ("small-1", "small-2")
+    )
     mp = s3.create_multipart_upload(Bucket="vault", Key="multi.bin")["UploadId"]
     parts = [os.urandom(5 * MiB), os.urandom(MiB)]
     etags = [
@@ -155,9 +205,12 @@ def test_rebuild_index_brings_back_every_object_byte_exact(server: StrataServer)
         server.data_dir, "SELECT chunk_id, pack_id, offset, length, plain_len, flags FROM chunks"
     )
     assert sorted(after) == sorted(before)
-    for key, body in bodies.items():
+    for key, body in bodies.items():  # the inline objects too: the rebuild left them alone
         got = s3.get_object(Bucket="vault", Key=key)["Body"].read()
         assert hashlib.sha256(got).digest() == hashlib.sha256(body).digest(), key
+    assert all(
+        current_manifest(server.data_dir, "vault", k).inline is not None for k in ("small-1", "small-2")
+    )
     again = strata("fsck", "--rebuild-index", "--data-dir", str(server.data_dir))
     assert again.returncode == 0 and "0 chunk rows added" in again.stderr
     assert strata("fsck", "--data-dir", str(server.data_dir)).returncode == 0
@@ -194,6 +247,23 @@ def test_stats_compression_ratio_of_repetitive_text(server: StrataServer) -> Non
     stats = json.loads(strata("stats", "--json", "--data-dir", str(server.data_dir)).stdout)
     assert stats["objects"] == 1 and stats["logical_bytes"] == len(text)
     assert stats["compression_ratio"] > 2
+
+
+def test_stats_count_inline_objects_apart_and_in_physical_bytes(server: StrataServer) -> None:
+    s3 = make_client(server)
+    s3.create_bucket(Bucket="mixed")
+    s3.put_object(Bucket="mixed", Key="big", Body=os.urandom(5 * MiB))
+    for i in range(3):
+        s3.put_object(Bucket="mixed", Key=f"tiny-{i}", Body=os.urandom(1000))
+    stats = json.loads(strata("stats", "--json", "--data-dir", str(server.data_dir)).stdout)
+    manifests = [current_manifest(server.data_dir, "mixed", f"tiny-{i}") for i in range(3)]
+    assert stats["objects"] == 4 and stats["inline_versions"] == 3
+    assert stats["inline_bytes"] == sum(len(m.encode()) for m in manifests) > 3000
+    assert stats["physical_bytes"] == stats["pack_bytes"] + stats["inline_bytes"]
+    assert stats["unique_bytes"] == 5 * MiB + 3000 and stats["dedup_ratio"] == 1.0
+    table = strata("stats", "--data-dir", str(server.data_dir))
+    assert table.returncode == 0
+    assert re.search(r"inline bytes +\S+ \S+ \(\d[\d,]* bytes\) in 3 manifests", table.stdout), table.stdout
 
 
 def test_commands_refuse_a_data_dir_without_a_store(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """fsck and the index rebuild against real in-process stores (SQLite, a local blob directory,
-a local keyring), plus the maintenance scans of the SQLite store and the pure helpers."""
+a local keyring), tiny objects sealed inline in their manifest included, plus the maintenance
+scans and aggregates of the SQLite store and the pure helpers."""
 
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ from typing import Any
 
 import pytest
 
-from crypto import LocalKeyring
+from crypto import LocalKeyring, WrappedKey
 from dedup import ChunkLocation, chunk_id, new_dedup_key
-from dedup.manifest import Manifest
+from dedup.manifest import InlineRecord, Manifest
 from gateway.backends.base import pack_blob_name
 from gateway.backends.local import LocalBlobBackend
 from gateway.commands.progress import Progress, human_bytes, render
 from gateway.identity import Identities
+from gateway.inline import InlineKeys
 from gateway.maintenance.fsck import (
     Broken,
     Checker,
+    DekCache,
     VerdictSet,
     first_problem,
     pack_id_of,
@@ -48,6 +51,7 @@ class Stores:
     kek: LocalKeyring
     identities: Identities
     pool: ThreadPoolExecutor
+    inline: InlineKeys  # seals tiny objects into their manifest, as the ingest does
 
     async def key(self, user: str) -> bytes:
         return await self.identities.dedup_key(user)
@@ -76,9 +80,28 @@ class Stores:
         version = ObjectVersion(bucket, key, "null", manifest.size, "e" * 32, 1.0, manifest)
         await self.meta.put_object(version, staged)
 
+    async def put_inline(self, bucket: str, key: str, data: bytes, sealed_for: str | None = None) -> Manifest:
+        """Store ``data`` sealed into its manifest (named with ``sealed_for``'s dedup key, by
+        default the bucket owner's, as the ingest does)."""
+        owner = (await self.meta.get_bucket(bucket)).owner  # type: ignore[union-attr]
+        manifest = await self.inline.seal(await self.key(sealed_for or owner), data, 1)
+        version = ObjectVersion(bucket, key, "null", manifest.size, "e" * 32, 1.0, manifest)
+        await self.meta.put_object(version, StagedData([], []))
+        return manifest
+
     def sql(self, statement: str, *params: Any) -> None:
         with sqlite3.connect(self.root / "meta.sqlite") as c:
             c.execute(statement, params)
+
+    def flip_inline_byte(self, bucket: str, key: str, at: int) -> None:
+        """Flip one byte of the sealed record inside the version's manifest, ``at`` bytes
+        into the record."""
+        with sqlite3.connect(self.root / "meta.sqlite") as c:
+            ((blob,),) = c.execute("SELECT manifest FROM objects WHERE bucket=? AND key=?", (bucket, key))
+            record = Manifest.decode(blob).inline.record  # type: ignore[union-attr]
+            data = bytearray(blob)
+            data[len(blob) - len(record) + at] ^= 0x01
+            c.execute("UPDATE objects SET manifest=? WHERE bucket=? AND key=?", (bytes(data), bucket, key))
 
 
 @pytest.fixture
@@ -92,7 +115,7 @@ async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
     await meta.create_bucket(Bucket("alice-b", "alice", "us-east-1", 0.0))
     await meta.create_bucket(Bucket("bob-b", "bob", "us-east-1", 0.0))
     pool = ThreadPoolExecutor(2)
-    s = Stores(tmp_path, meta, LocalBlobBackend(tmp_path / "blobs"), kek, identities, pool)
+    s = Stores(tmp_path, meta, LocalBlobBackend(tmp_path / "blobs"), kek, identities, pool, InlineKeys(kek))
     yield s
     pool.shutdown()
     await s.backend.close()
@@ -206,6 +229,75 @@ async def test_small_runs_still_read_every_record(stores: Stores) -> None:
     assert found == {} and checker.report.chunks == 20
 
 
+# -- inline manifests ----------------------------------------------------------------------
+
+
+async def test_inline_records_are_checked_and_a_flipped_byte_names_that_object(stores: Stores) -> None:
+    for i in range(3):
+        await stores.put_inline("alice-b", f"tiny-{i}", os.urandom(100 + i))
+    await stores.put_inline("alice-b", "text", b"compressible " * 300)
+    await stores.put_inline("bob-b", "tiny", os.urandom(16 * KiB))
+    await stores.put("alice-b", "packed", blocks(2))
+    found, checker = await fsck(stores)
+    assert found == {}
+    assert checker.report.inline == 5 and checker.report.chunks == 2  # inline chunks are in no pack
+    assert checker.inline_deks.unwrapped == 1  # one shared DEK, unwrapped once
+    assert await stores.meta.lookup_chunks([(await _ids(stores, "alice-b", "tiny-1"))[0]]) == {}
+
+    stores.flip_inline_byte("alice-b", "tiny-1", 48 + 12 + 3)  # inside the ciphertext
+    found, checker = await fsck(stores)
+    cid = (await _ids(stores, "alice-b", "tiny-1"))[0]
+    assert found == {
+        "alice-b/tiny-1 (null)": f"chunk {cid.hex()} (inline): record failed authentication (AES-GCM tag)"
+    }
+    assert (checker.report.broken, checker.report.bad_chunks) == (1, 1)
+
+
+async def test_each_kind_of_inline_damage_has_its_reason(stores: Stores) -> None:
+    good = await stores.put_inline("alice-b", "good", os.urandom(3000))
+    await stores.put_inline("bob-b", "foreign", os.urandom(500), sealed_for="alice")  # a writer bug
+    assert good.inline is not None
+    lost_kek = WrappedKey(stores.kek.kek_id, 9, good.inline.wrapped_dek.blob)  # no such KEK version
+    manifest = Manifest(good.chunk_ids, good.lengths, InlineRecord(lost_kek, good.inline.record))
+    version = ObjectVersion("alice-b", "lost-dek", "null", manifest.size, "e" * 32, 1.0, manifest)
+    await stores.meta.put_object(version, StagedData([], []))
+    stores.flip_inline_byte("alice-b", "good", 0)  # the record magic: malformed
+    # The same plaintext stored inline and in a pack has one chunk id; damage in the pack
+    # names only the object stored there.
+    twin = os.urandom(2000)
+    await stores.put_inline("alice-b", "twin-inline", twin)
+    await stores.put("alice-b", "twin-packed", [twin])
+    cid = chunk_id(await stores.key("alice"), twin)
+    flip_byte(stores, (await stores.meta.lookup_chunks([cid]))[cid], 48 + 12 + 5)
+    found, _ = await fsck(stores)
+    broken = {f"alice-b/{k} (null)" for k in ("good", "lost-dek", "twin-packed")} | {"bob-b/foreign (null)"}
+    assert set(found) == broken
+    assert "(inline): record is malformed" in found["alice-b/good (null)"]
+    assert "(inline): the inline DEK (KEK version 9) does not unwrap" in found["alice-b/lost-dek (null)"]
+    assert "(inline): plaintext does not hash to the chunk id" in found["bob-b/foreign (null)"]
+    assert (
+        found["alice-b/twin-packed (null)"]
+        == f"chunk {cid.hex()}: record failed authentication (AES-GCM tag)"
+    )
+
+
+async def test_dek_cache_unwraps_each_dek_once_while_it_is_kept(stores: Stores) -> None:
+    wraps = [await stores.kek.wrap(os.urandom(32)) for _ in range(3)]
+    cache = DekCache(stores.kek, size=2)
+    for w in [wraps[0], wraps[1], wraps[0], wraps[1]]:
+        assert not isinstance(await cache.sealer(w), str)
+    assert cache.unwrapped == 2
+    await cache.sealer(wraps[2])  # evicts wraps[0], the least recently used
+    await cache.sealer(wraps[1])
+    await cache.sealer(wraps[0])
+    assert cache.unwrapped == 4
+    bad = WrappedKey(stores.kek.kek_id, 1, b"\x01" + bytes(60))
+    assert "does not unwrap" in str(await cache.sealer(bad)) and "does not unwrap" in str(
+        await cache.sealer(bad)
+    )
+    assert cache.unwrapped == 5  # a failure is remembered too
+
+
 # -- the index rebuild ---------------------------------------------------------------------
 
 
@@ -307,6 +399,25 @@ async def test_storage_stats_counts_logical_unique_and_stored_bytes(stores: Stor
     assert s["stored_bytes"] < 70_000 and s["compression_ratio"] > 2  # the "a" run compresses
     assert s["physical_bytes"] > s["stored_bytes"] and s["packs"] == 1
     assert s["bytes_by_tier"] == {"STANDARD": 140_000}
+    assert (s["inline_versions"], s["inline_bytes"]) == (0, 0) and s["physical_bytes"] == s["pack_bytes"]
+
+
+async def test_storage_stats_count_inline_objects_in_unique_stored_and_physical_bytes(stores: Stores) -> None:
+    await stores.put("alice-b", "packed", [os.urandom(20_000)])
+    tiny = [await stores.put_inline("alice-b", f"t{i}", os.urandom(1000)) for i in range(3)]
+    await stores.put_inline("alice-b", "text", b"a" * 10_000)  # compresses
+    raw = await stores.meta.storage_stats()
+    inline_bytes = sum(len(m.encode()) for m in tiny) + len(
+        (await stores.meta.get_object("alice-b", "text")).manifest.encode()  # type: ignore[union-attr]
+    )
+    assert (raw.inline_versions, raw.inline_plain_bytes, raw.inline_bytes) == (4, 13_000, inline_bytes)
+    s = summarize(raw)
+    assert s["logical_bytes"] == 33_000 and s["unique_chunks"] == 1
+    assert s["unique_bytes"] == 33_000 and s["dedup_ratio"] == 1.0  # inline data is not deduplicated
+    assert s["inline_versions"] == 4 and s["inline_bytes"] == inline_bytes
+    assert s["stored_bytes"] == raw.chunk_stored_bytes + inline_bytes
+    assert s["physical_bytes"] == raw.pack_bytes + inline_bytes == s["pack_bytes"] + s["inline_bytes"]
+    assert inline_bytes < 3 * 1000 + 10_000  # the text compressed more than the overheads cost
 
 
 # -- pure helpers --------------------------------------------------------------------------
