@@ -25,6 +25,13 @@ throughput, at the cost of that much more memory per stream. Pieces of at least
 ``batch_size`` bytes that cannot change (``bytes``, or any buffer fed with
 ``owned=True``) are cut in place: only a bridge across the previous carry, up to the
 first boundary inside the piece, is copied. The chunks point into the caller's buffer.
+Such a piece fed while nothing is buffered is cut in place whatever its size.
+
+A caller that fills its own buffers can avoid even the bridge: :meth:`StreamChunker.take_carry`
+hands the carry back, the caller copies it to the front of its next buffer, fills the rest
+from the stream and feeds that buffer (owned), which is then cut in place from its first byte.
+The carry is the only data copied, and each buffer is released as soon as the caller drops
+the chunks cut from it (the chunker keeps no view into it).
 
 Memory safety
 -------------
@@ -121,12 +128,12 @@ class StreamChunker:
     @property
     def buffered(self) -> int:
         """Bytes fed but not yet returned as chunks (below ``batch_size`` between calls,
-        except after a large in-place piece, which leaves at most ``max_size``)."""
+        except after an in-place piece, which leaves less than ``max_size``)."""
         return len(self._buf)
 
     @property
     def bytes_in(self) -> int:
-        """Total bytes fed so far."""
+        """Total bytes fed so far (bytes handed back by :meth:`take_carry` count once)."""
         return self._bytes_in
 
     def feed(self, data: Buffer, *, owned: bool = False) -> list[memoryview]:
@@ -134,7 +141,8 @@ class StreamChunker:
 
         ``owned=True`` hands ``data`` over: the caller promises never to modify it again,
         so chunks may point into it even if it is a ``bytearray`` (``bytes`` always are).
-        Such pieces of at least ``batch_size`` bytes are cut in place, mostly without copying.
+        Such pieces of at least ``batch_size`` bytes, or of any size while nothing is
+        buffered, are cut in place, mostly without copying.
         """
         if self._done:
             raise RuntimeError("StreamChunker.feed() after finish()")
@@ -143,7 +151,7 @@ class StreamChunker:
         if n == 0:
             return []
         self._bytes_in += n
-        if n >= self._batch and (owned or _is_immutable(data)):
+        if (n >= self._batch or not len(self._buf)) and (owned or _is_immutable(data)):
             return self._cut_in_place(mv)
         buf = self._buf if isinstance(self._buf, bytearray) else bytearray(self._buf)
         buf += mv
@@ -152,6 +160,20 @@ class StreamChunker:
             return []
         self._buf = _EMPTY
         return self._cut(memoryview(buf).toreadonly(), final=False)
+
+    def take_carry(self) -> memoryview:
+        """Hand back the bytes fed but not yet returned as chunks (read-only; they start at a
+        chunk boundary), and forget them: the caller must feed them again, at the front of
+        the rest of the stream. Typically the caller copies them to the start of its next
+        buffer and feeds that whole buffer with ``owned=True``: it is then cut in place.
+
+        The view may point into a buffer the caller fed (kept alive by the view only).
+        """
+        if self._done:
+            raise RuntimeError("StreamChunker.take_carry() after finish()")
+        buf, self._buf = self._buf, _EMPTY
+        self._bytes_in -= len(buf)
+        return buf if isinstance(buf, memoryview) else memoryview(buf).toreadonly()
 
     def finish(self) -> list[memoryview]:
         """End of stream: return every remaining chunk (possibly several, or none).

@@ -56,8 +56,12 @@ class StorageConfig:
     # manifest in the metadata store: no pack, no chunk index row, no dedup. 0 turns it off.
     inline_max: int = 16 * 1024
     zstd_level: int = 1
-    # Bytes gathered from the network before each chunker call (pyfastcdc wants big batches).
-    ingest_batch: int = 1 * MiB
+    # Size of an upload's batch buffer: the chunker's carry from the last batch, then bytes
+    # copied once from the network; it is cut in place. An upload holds about one batch
+    # while it waits for a slot and two while it holds one, so this sets memory per upload
+    # (16 concurrent uploads: ~25 MiB of peak RSS per MiB of batch). Below ~2 MiB, more of
+    # each batch is the carry (copied and re-scanned again) and uploads slow down.
+    ingest_batch: int = 3 * MiB
     # Batches processed (cut + sealed + written) at once across all uploads.
     ingest_slots: int = 4
     # GET: adjacent records of a pack are fetched with one read of at most read_run bytes,

@@ -1,22 +1,33 @@
 """The upload pipeline: stream -> batches -> FastCDC -> keyed chunk ids -> dedup lookup ->
 zstd + AES-GCM sealing -> packs in the blob backend.
 
-Stages overlap: a reader task pulls the request body into batches (bounded queue), the
-batch's digests (MD5, checksums, SHA-256) are updated in the CPU pool while the same batch is
-cut, hashed and sealed, and sealed records are appended to the open pack. Memory is bounded
-by a few batches, whatever the object size. Nothing is indexed here: the caller commits the
-returned :class:`StagedData` with the object version in one metadata transaction, or calls
-:meth:`Ingestor.discard` so no pack of a failed upload stays behind.
+Stages overlap: while one batch is cut, hashed, sealed and written, the next is read from the
+network, and the batch's digests (MD5, checksums, SHA-256) are updated in the CPU pool while
+the same batch is cut. Memory is bounded per upload, whatever the object size:
+
+* each batch is one buffer of ``ingest_batch`` bytes, allocated once (never grown): the
+  chunker's carry from the previous batch (the bytes after its last final boundary), then
+  fresh bytes copied once from the network pieces. The chunker cuts it in place: apart from
+  the carry, no byte is copied again before it is sealed;
+* an upload reads ahead by one batch only while it holds one of the ``ingest_slots`` (batches
+  cut, sealed and written at once across all uploads). An upload waiting for a slot holds
+  one batch, and the network stalls it (TCP backpressure) instead of filling memory;
+* a batch buffer is dropped as soon as its chunks are written (its carry was copied into
+  the next batch), so an upload holds one to two batches plus the records being written.
+
+Nothing is indexed here: the caller commits the returned :class:`StagedData` with the object
+version in one metadata transaction, or calls :meth:`Ingestor.discard` so no pack of a failed
+upload stays behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Protocol, TypeVar
 
 from chunker import ChunkerParams, StreamChunker
@@ -59,16 +70,105 @@ def _ids(key: bytes, chunks: list[memoryview]) -> list[bytes]:
     return [chunk_id(key, c) for c in chunks]
 
 
-async def _batches(source: AsyncIterator[bytes | memoryview], size: int) -> AsyncIterator[bytearray]:
-    """Regroup arbitrary network pieces into batches of at least ``size`` bytes."""
-    buf = bytearray()
-    async for piece in source:
-        buf += piece
-        if len(buf) >= size:
-            yield buf
-            buf = bytearray()
-    if buf:
-        yield buf
+Buffer = bytes | bytearray | memoryview
+_EMPTY = memoryview(b"")
+# The first batch of a body grows in steps, so a small or medium body never pays for (or
+# zero-fills) a whole batch buffer: its first pieces are gathered by reference up to
+# FIRST_GATHER bytes, then copied into a buffer of FIRST_BUFFER, then into a full batch.
+FIRST_GATHER = 256 * 1024
+FIRST_BUFFER = 1024 * 1024
+
+
+def _flat(piece: Buffer) -> memoryview:
+    view = piece if isinstance(piece, memoryview) else memoryview(piece)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+class _BodyReader:
+    """Reads a body into batches: each one buffer, allocated once at its final size.
+
+    A batch is the carry handed in (the bytes the chunker has not cut yet, from the previous
+    batch) followed by fresh bytes, copied straight from the network pieces (a piece that
+    does not fit is split across two batches, by views). Only the last batch is shorter than
+    ``size``; :attr:`done` is set once the body has ended.
+    """
+
+    def __init__(self, source: AsyncIterator[Buffer], size: int) -> None:
+        self._source = source
+        self._size = max(1, size)
+        self._pending: collections.deque[memoryview] = collections.deque()
+        self.done = False
+
+    async def _piece(self) -> memoryview | None:
+        if self._pending:
+            return self._pending.popleft()
+        while not self.done:
+            piece = await anext(self._source, None)
+            if piece is None:
+                self.done = True
+            elif len(piece):
+                return _flat(piece)
+        return None
+
+    async def first(self) -> Buffer | None:
+        """The first batch (None for an empty body). Shorter than ``size`` only if it is the
+        whole body; a small body is joined into an exactly sized ``bytearray``."""
+        pieces: list[memoryview] = []
+        total = 0
+        while total < min(self._size, FIRST_GATHER):
+            piece = await self._piece()
+            if piece is None:
+                return bytearray().join(pieces) if pieces else None
+            pieces.append(piece)
+            total += len(piece)
+        self._pending.extendleft(reversed(pieces))
+        del pieces
+        batch, _ = await self.fill(_EMPTY, min(self._size, FIRST_BUFFER))
+        if not self.done and len(batch) < self._size:  # a larger body? grow to a full batch
+            piece = await self._piece()
+            if piece is not None:
+                self._pending.appendleft(piece)
+                batch, _ = await self.fill(_flat(batch))
+        return batch
+
+    async def fill(self, carry: memoryview, size: int | None = None) -> tuple[Buffer, int]:
+        """The next batch: ``carry``, then fresh bytes up to ``size`` (default: the batch
+        size) in all, or at least half as many fresh bytes after a long carry. Returns it and
+        where its fresh bytes start."""
+        size = size or self._size
+        start = len(carry)
+        cap = max(size, start + max(1, size // 2))
+        buf = bytearray(cap)  # zero-filled: never memory another request left behind
+        buf[:start] = carry
+        del carry  # the previous batch is now held only by the chunks cut from it
+        pos = start
+        while pos < cap:
+            piece = await self._piece()
+            if piece is None:
+                return memoryview(buf)[:pos], start
+            n = len(piece)
+            if n > cap - pos:
+                self._pending.appendleft(piece[cap - pos :])
+                piece, n = piece[: cap - pos], cap - pos
+            buf[pos : pos + n] = piece
+            pos += n
+        return buf, start
+
+
+Cut = tuple[list[memoryview], list[bytes]]  # chunks and their ids
+
+
+def _cut(chunker: StreamChunker, key: bytes, batch: Buffer) -> Cut:
+    """The final chunks of a batch (cut in place) and their ids: one pool task."""
+    chunks = chunker.feed(batch, owned=True)
+    return chunks, _ids(key, chunks)
+
+
+def _cut_last(chunker: StreamChunker, key: bytes, batch: Buffer | None) -> Cut:
+    """Every chunk left (the last batch, then the rest of the stream) and their ids."""
+    chunks = chunker.feed(batch, owned=True) if batch is not None else []
+    chunks += chunker.finish()
+    return chunks, _ids(key, chunks)
 
 
 @dataclass
@@ -86,12 +186,12 @@ class _Session:
     open: OpenPack | None = None
     dedup_bytes: int = 0
 
-    async def add(self, data: list[memoryview], final: bool = False) -> None:
-        """Index-check, seal and store ``data``; ``final`` marks the upload's last chunks."""
+    async def add(self, data: list[memoryview], ids: list[bytes], final: bool = False) -> None:
+        """Index-check, seal and store ``data`` (chunk ``ids``); ``final`` marks the upload's
+        last chunks."""
         if not data:
             return
         ing = self.ingestor
-        ids = await ing.cpu(_ids, self.dedup_key, data, work=sum(len(c) for c in data))
         self.ids.extend(ids)
         self.lengths.extend(len(c) for c in data)
         candidates = list({i for i in ids if i not in self.seen})
@@ -158,7 +258,8 @@ class Ingestor:
         self.on_ingest = on_ingest
         self.params = ChunkerParams(config.chunk_min, config.chunk_avg, config.chunk_max)
         # Batches being cut, sealed and written at once, across all uploads: bounds the
-        # memory of many concurrent uploads (each also holds at most ~2 batches + a carry).
+        # memory of many concurrent uploads. An upload holds one batch while it waits for a
+        # slot, and reads one more ahead while it holds one.
         self._slots = asyncio.Semaphore(max(1, config.ingest_slots))
         self.small = SmallObjectPacker(backend, kek, self.cpu, config.zstd_level)
         self.inline = InlineKeys(kek)
@@ -188,66 +289,60 @@ class Ingestor:
         """
         session = _Session(self, dedup_key)
         chunker = StreamChunker(self.params)
-        batches = _batches(source, self.config.ingest_batch)
-        first = await anext(batches, None)  # nothing is stored yet: a failure here needs no cleanup
+        reader = _BodyReader(source, self.config.ingest_batch)
+        first = await reader.first()  # nothing is stored yet: a failure here needs no cleanup
         # A batch shorter than ingest_batch is the whole body.
         inline_max = min(self.config.inline_max, self.config.ingest_batch - 1) if inline else 0
         if first is not None and 0 < len(first) <= inline_max:
             return await self._ingest_inline(first, dedup_key, digests, max_size, verify)
-        if first is None or len(first) < self.config.ingest_batch:
-            # The whole body is in hand (a small object, the common case): no reader task.
-            reader: asyncio.Future[None] | None = None
-            queue: asyncio.Queue[bytearray | BaseException | None] = asyncio.Queue()
-            for item in (first, None) if first is not None else (None,):
-                queue.put_nowait(item)
-        else:
-            queue = asyncio.Queue(maxsize=1)
-            queue.put_nowait(first)
-
-            async def produce() -> None:
-                try:
-                    async for batch in batches:
-                        await queue.put(batch)
-                    await queue.put(None)
-                except Exception as exc:  # handed to the consumer, which raises it
-                    await queue.put(exc)
-
-            reader = asyncio.ensure_future(produce())
+        batch, start, first = first, 0, None
         hashing: asyncio.Future[None] | None = None
+        prefetch: asyncio.Future[tuple[Buffer, int]] | None = None
         size = 0
         try:
-            while (batch := await queue.get()) is not None:
-                if isinstance(batch, BaseException):
-                    raise batch
-                size += len(batch)
+            while batch is not None:
+                fresh = len(batch) - start
+                size += fresh
                 if size > max_size:
                     raise S3Error("EntityTooLarge", MaxSizeAllowed=str(max_size))
                 if hashing is not None:
                     await hashing
-                if len(batch) < INLINE_MAX:
-                    update_digests(digests, batch)
-                else:
-                    hashing = asyncio.ensure_future(self.cpu(update_digests, digests, batch, work=len(batch)))
-                async with self._slots:
-                    await session.add(
-                        await self.cpu(partial(chunker.feed, batch, owned=True), work=len(batch))
+                    hashing = None
+                if fresh < INLINE_MAX:
+                    update_digests(digests, memoryview(batch)[start:])
+                else:  # no reference to the batch stays here: the task's is dropped when it ends
+                    hashing = asyncio.ensure_future(
+                        self.cpu(update_digests, digests, memoryview(batch)[start:], work=fresh)
                     )
+                if reader.done:  # the last batch: cut and stored once the digests are verified
+                    break
+                async with self._slots:
+                    chunks, ids = await self.cpu(_cut, chunker, dedup_key, batch, work=len(batch))
+                    # Read the next batch (starting with the carry) while these chunks are stored.
+                    prefetch = asyncio.ensure_future(reader.fill(chunker.take_carry()))
+                    batch = None
+                    await session.add(chunks, ids)
+                    del chunks
+                batch, start = await prefetch
+                prefetch = None
             if hashing is not None:
                 await hashing
+                hashing = None
             if verify is not None:
                 verify()
             async with self._slots:
-                await session.add(await self.cpu(chunker.finish, work=chunker.buffered), final=True)
+                work = chunker.buffered + (len(batch) if batch is not None else 0)
+                chunks, ids = await self.cpu(_cut_last, chunker, dedup_key, batch, work=work)
+                batch = None
+                await session.add(chunks, ids, final=True)
+                del chunks
             await session.close_pack()
         except BaseException:
-            if reader is not None:
-                reader.cancel()
-            if hashing is not None:
-                with contextlib.suppress(BaseException):
-                    await hashing
-            if reader is not None:
-                with contextlib.suppress(BaseException):
-                    await reader
+            for task in (prefetch, hashing):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
             await session.abort()
             raise
         if self.on_ingest is not None:
@@ -262,7 +357,7 @@ class Ingestor:
 
     async def _ingest_inline(
         self,
-        body: bytearray,
+        body: Buffer,
         dedup_key: bytes,
         digests: Sequence[Digest],
         max_size: int,

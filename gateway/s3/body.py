@@ -138,9 +138,20 @@ class PayloadReader:
         return self._content_md5 is not None
 
     async def _raw(self) -> AsyncIterator[bytes]:
+        # aiohttp's readchunk() hands over the pieces it buffered one by one, as received;
+        # readany() would join them all into one more copy (~0.7 MiB per busy upload).
+        # (b"", True) marks the end of an HTTP chunk, and also the end of an empty body
+        # (aiohttp's shared EMPTY_PAYLOAD answers it forever): at_eof() tells them apart.
+        readchunk = getattr(self._stream, "readchunk", None)
+        at_eof = getattr(self._stream, "at_eof", None)
         while True:
             try:
-                data = await self._stream.readany()
+                if readchunk is None or at_eof is None:
+                    data = await self._stream.readany()
+                else:
+                    data, end_of_http_chunk = await readchunk()
+                    if not data and end_of_http_chunk and not at_eof():
+                        continue
             except Exception as exc:  # connection lost / malformed HTTP framing
                 raise S3Error("IncompleteBody") from exc
             if not data:

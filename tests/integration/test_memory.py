@@ -4,12 +4,20 @@ A fresh server receives a 1 GiB single PUT (streamed from a file), a 1 GiB multi
 upload (boto3 ``upload_fileobj``), and serves a 1 GiB download that the test streams to
 nowhere. A thread samples the server's RSS every 50 ms; the peak must stay under 256 MiB.
 The test process never holds more than a few MiB of the data either.
+
+Another fresh server takes 16 concurrent large PUTs from the benchmark client (the
+``bench/README.md`` memory measurement, with 128 MiB objects instead of 1 GiB: memory per
+upload does not grow with the object, and the peak is reached within seconds). Its peak
+RSS (VmHWM) must stay under 256 MiB as well. Neither test is timed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +27,7 @@ import psutil
 import pytest
 from boto3.s3.transfer import TransferConfig
 from support.s3 import GiB, MiB, make_client, multipart_etag_of_file, unique_bucket, write_random_file
-from support.server import StrataServer
+from support.server import REPO_ROOT, StrataServer
 
 RSS_LIMIT = 256 * MiB
 
@@ -115,3 +123,59 @@ def test_memory_bounded_on_1gib(strata_factory: Any, big_files: tuple[Path, str,
     print(f"server RSS peaks: {report}")
     over = {k: v for k, v in peaks.items() if v >= RSS_LIMIT}
     assert not over, f"server RSS reached {report}; limit {_mib(RSS_LIMIT)}"
+
+
+def _vm_hwm(pid: int) -> int | None:
+    """The peak RSS the kernel recorded for ``pid`` (Linux), in bytes."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.slow
+def test_memory_bounded_on_16_concurrent_uploads(strata_factory: Any, tmp_path: Path) -> None:
+    uploads, size = 16, 128 * MiB
+    server: StrataServer = strata_factory()
+    baseline = psutil.Process(server.pid).memory_info().rss
+    out = tmp_path / "put.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        "--endpoint",
+        server.endpoint,
+        "--access-key",
+        server.access_key,
+        "--secret-key",
+        server.secret_key,
+        "--op",
+        "put",
+        "--size",
+        str(size),
+        "--concurrency",
+        str(uploads),
+        "--count",
+        str(uploads),
+        "--data",
+        "random",
+        "--quiet",
+        "--json",
+        str(out),
+    ]
+    with RssSampler(server.pid) as sampler:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["errors"] == 0, result.get("error_samples")
+    assert result["count"] == uploads
+    assert result["bytes"] == uploads * size
+    peak = max(sampler.peak, _vm_hwm(server.pid) or 0)
+    report = f"{uploads} x {_mib(size)} PUTs: peak {_mib(peak)} (baseline {_mib(baseline)})"
+    print(f"server RSS {report}")
+    assert peak < RSS_LIMIT, f"server RSS reached {report}; limit {_mib(RSS_LIMIT)}"

@@ -124,6 +124,72 @@ def test_owned_batches_are_cut_in_place() -> None:
     assert in_place > 0.6 * len(data)
 
 
+def refill(data: bytes, params: ChunkerParams, size: int) -> tuple[list[bytes], list[bool]]:
+    """Cut ``data`` the way ingest does: each buffer is the carry taken back from the chunker,
+    then up to ``size`` fresh bytes, fed with ``owned=True``. Returns the chunks and, per
+    chunk, whether it is a view of the buffer it was cut from (no copy)."""
+    chunker = StreamChunker(params)
+    chunks: list[memoryview] = []
+    buffers: list[bytearray] = []
+    pos = 0
+    while pos < len(data):
+        carry = chunker.take_carry()
+        buf = bytearray(carry) + data[pos : pos + size]
+        pos += size
+        buffers.append(buf)
+        chunks += chunker.feed(buf, owned=True)
+    chunks += chunker.finish()
+    in_place = [any(c.obj is b for b in buffers) for c in chunks]
+    return [bytes(c) for c in chunks], in_place
+
+
+@pytest.mark.parametrize("size", [1, 100, 700, SMALL.max_size, 3 * SMALL.max_size + 5])
+def test_take_carry_and_refill_keeps_boundaries(size: int) -> None:
+    for seed, low_entropy in ((11, False), (12, True)):
+        rng = random.Random(seed)
+        data = bytes(rng.choices(b"ab", k=20_000)) if low_entropy else rng.randbytes(20_000)
+        chunks, in_place = refill(data, SMALL, size)
+        assert chunks == reference(data, SMALL)
+        assert all(in_place[:-1])  # the carry went into the next buffer: nothing was copied
+
+
+def test_take_carry_default_params_large_stream() -> None:
+    data = random.Random(13).randbytes(24 << 20)
+    for size in (1 << 20, 3 << 20, 4 << 20):
+        chunks, in_place = refill(data, DEFAULT_PARAMS, size)
+        assert chunks == reference(data, DEFAULT_PARAMS)
+        assert all(in_place)
+
+
+def test_take_carry_hands_back_what_was_not_cut() -> None:
+    data = random.Random(14).randbytes(5000)
+    chunker = StreamChunker(SMALL)
+    first = chunker.feed(data[:3000], owned=True)  # nothing buffered: cut in place
+    assert all(c.obj is not None and bytes(c.obj) == data[:3000] for c in first)
+    cut = sum(len(c) for c in first)
+    carry = chunker.take_carry()
+    assert carry.readonly and bytes(carry) == data[cut:3000]
+    assert chunker.buffered == 0
+    assert chunker.bytes_in == cut
+    rest = chunker.feed(bytes(carry) + data[3000:]) + chunker.finish()
+    assert [bytes(c) for c in first + rest] == reference(data, SMALL)
+    assert chunker.bytes_in == len(data)
+    with pytest.raises(RuntimeError):
+        chunker.take_carry()
+
+
+def test_take_carry_of_small_buffered_pieces() -> None:
+    data = random.Random(15).randbytes(3000)
+    chunker = StreamChunker(SMALL)
+    out: list[memoryview] = []
+    for i in range(0, 600, 100):  # mutable, not owned: copied into the chunker's buffer
+        out += chunker.feed(bytearray(data[i : i + 100]))
+    carry = chunker.take_carry()
+    assert bytes(carry) == data[sum(len(c) for c in out) : 600]
+    out += chunker.feed(bytes(carry) + data[600:]) + chunker.finish()
+    assert [bytes(c) for c in out] == reference(data, SMALL)
+
+
 def test_sizes_within_limits() -> None:
     data = random.Random(4).randbytes(16 << 20)
     chunks = chunk_buffer(data)
