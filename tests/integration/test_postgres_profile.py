@@ -206,7 +206,9 @@ def test_two_gateways_on_the_same_store_stay_consistent(
             s3, other = clients[gw], clients[1 - gw]
             roll, start = rng.random(), time.monotonic()
             if roll < 0.45:
-                body = f"{key}|{next(counter)}|".encode() * rng.randint(1, 40)
+                # about half inline (a few hundred bytes), half in packs (above inline_max)
+                repeat = rng.choice((rng.randint(1, 40), rng.randint(1500, 3000)))
+                body = f"{key}|{next(counter)}|".encode() * repeat
                 vid = s3.put_object(Bucket=bucket, Key=key, Body=body)["VersionId"]
                 op = Op("put", key, start, time.monotonic(), body, vid)
                 with lock:

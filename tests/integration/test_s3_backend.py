@@ -168,7 +168,7 @@ def test_blackholed_backend_gives_503_in_bounded_time_and_commits_nothing(
     packs_before = seaweed.keys(hot)
     proxy.blackhole()
     assert_slowdown(lambda: s3.put_object(Bucket=bucket, Key="lost", Body=os.urandom(2 * MiB)))
-    assert_slowdown(lambda: s3.put_object(Bucket=bucket, Key="lost-small", Body=b"tiny"))
+    assert_slowdown(lambda: s3.put_object(Bucket=bucket, Key="lost-small", Body=os.urandom(40_000)))
     assert_fails_fast(lambda: get(s3, bucket, "kept"))
     proxy.passthrough()
     assert seaweed.keys(hot) == packs_before  # no pack of the failed PUTs reached the bucket
