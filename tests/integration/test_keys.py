@@ -13,9 +13,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
@@ -26,14 +25,13 @@ from support.server import REPO_ROOT, StrataServer
 from crypto import LocalKeyring
 from crypto.kek import WrappedKey
 from dedup.manifest import InlineRecord, Manifest
-from gateway.backends.factory import open_backend
 from gateway.config import Config, StorageConfig
 from gateway.maintenance import gc as gc_job
 from gateway.maintenance import keys as keys_job
 from gateway.maintenance.gc import NullObserver
 from gateway.maintenance.keys import REENCRYPT_JOB, ReencryptReport, reencrypt
 from gateway.meta.store import MaintenanceStore
-from gateway.runtime import open_metadata
+from gateway.runtime import admin_stores
 from integration.test_gc import assert_index_consistent, get, pack_files, payload, rows, strata
 from integration.test_postgres_profile import _strata_cmd, pg_databases, pg_env, pg_server
 
@@ -241,11 +239,9 @@ async def test_reencrypt_interrupted_in_the_inline_phase_resumes_after_the_last_
     def resealed() -> int:
         return sum(r.wrapped_dek not in old_wraps for r in inline_records(server.data_dir).values())
 
-    kek, meta = await open_metadata(config)
-    backend = open_backend(config, serving=False)
-    pool = ThreadPoolExecutor(max_workers=2)
-    try:
-        store: MaintenanceStore = meta  # type: ignore[assignment]
+    async with admin_stores(config) as stores:
+        store = cast(MaintenanceStore, stores.meta)
+        backend, kek, pool = stores.backend, stores.kek, stores.pool
         with pytest.raises(Crash):
             await reencrypt(store, backend, kek, pool, config, grace=0, observer=CrashAfterTwoInlinePages())
         job = await store.get_job(REENCRYPT_JOB)
@@ -255,10 +251,6 @@ async def test_reencrypt_interrupted_in_the_inline_phase_resumes_after_the_last_
         report = await reencrypt(store, backend, kek, pool, config, grace=0)
         assert report.resumed and report.inline == TINY - 4  # resumed after the last page done
         assert await store.get_job(REENCRYPT_JOB) is None
-    finally:
-        pool.shutdown()
-        await backend.close()
-        await meta.close()
     assert resealed() == TINY
     read_all(client, objects)
 
@@ -287,11 +279,9 @@ async def test_reencrypt_interrupted_midway_resumes(
             if progress.rewrite.sources == 2:
                 raise Crash
 
-    kek, meta = await open_metadata(config)
-    backend = open_backend(config, serving=False)
-    pool = ThreadPoolExecutor(max_workers=2)
-    try:
-        store: MaintenanceStore = meta  # type: ignore[assignment]
+    async with admin_stores(config) as stores:
+        store = cast(MaintenanceStore, stores.meta)
+        backend, kek, pool = stores.backend, stores.kek, stores.pool
         with pytest.raises(Crash):
             await reencrypt(
                 store, backend, kek, pool, config, grace=0, observer=CrashAfterTwoSources(), report=progress
@@ -303,10 +293,6 @@ async def test_reencrypt_interrupted_midway_resumes(
             assert get(client, "keys", key) == body
         report = await reencrypt(store, backend, kek, pool, config, grace=0)
         assert report.resumed and await store.get_job(REENCRYPT_JOB) is None
-    finally:
-        pool.shutdown()
-        await backend.close()
-        await meta.close()
     assert not pack_files(server.data_dir) & old_packs
     for key, body in objects.items():
         assert get(client, "keys", key) == body
