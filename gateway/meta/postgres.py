@@ -274,6 +274,20 @@ class _ClaimPlan:
         return sorted(set(self.new_chunks) | set(self.reused))
 
 
+def _chunk_columns(chunks: list[NewChunk]) -> tuple[list[Any], ...]:
+    """Chunk rows as the six column arrays ``unnest`` inserts: id, pack id, offset, length,
+    plain length, flags."""
+    locs = [n.location for n in chunks]
+    return (
+        [n.chunk_id for n in chunks],
+        [loc.pack_id for loc in locs],
+        [loc.offset for loc in locs],
+        [loc.length for loc in locs],
+        [loc.plain_len for loc in locs],
+        [loc.flags for loc in locs],
+    )
+
+
 def claim_plan(ring: HashRing, staged: StagedData, manifest: Manifest) -> _ClaimPlan | None:
     """Group a commit's packs, new chunks and reused chunk ids by shard (each once, sorted,
     so concurrent statements lock rows in one order); None when there is nothing to claim."""
@@ -579,19 +593,13 @@ class PostgresMetadataStore:
         )
 
     async def _insert_chunks(self, shard: int, chunks: list[NewChunk], now: float) -> int:
-        locs = [n.location for n in chunks]
         return await self._insert(
             shard,
             "INSERT INTO chunks (chunk_id, pack_id, pack_offset, length, plain_len, flags, created) "
             "SELECT *, $7 FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::int[], $5::int[], "
             "$6::int[]) "
             "ON CONFLICT DO NOTHING",
-            [n.chunk_id for n in chunks],
-            [loc.pack_id for loc in locs],
-            [loc.offset for loc in locs],
-            [loc.length for loc in locs],
-            [loc.plain_len for loc in locs],
-            [loc.flags for loc in locs],
+            *_chunk_columns(chunks),
             now,
         )
 
@@ -626,7 +634,6 @@ class PostgresMetadataStore:
         """Insert the new rows (reviving a conflicting one), count the reused ids present and
         revive the condemned ones; returns how many are missing (swept). A reused row that a
         sweep deletes while this runs is skipped by the ``UPDATE`` and so counted missing."""
-        locs = [n.location for n in new]
         found = await self._pool(shard).fetchval(
             "WITH ins AS (INSERT INTO chunks"
             " (chunk_id, pack_id, pack_offset, length, plain_len, flags, created)"
@@ -639,12 +646,7 @@ class PostgresMetadataStore:
             " WHERE chunk_id IN (SELECT chunk_id FROM seen WHERE condemned) RETURNING 1)"
             " SELECT (SELECT count(*) FROM ins) + (SELECT count(*) FROM seen WHERE NOT condemned)"
             " + (SELECT count(*) FROM revived)",
-            [n.chunk_id for n in new],
-            [loc.pack_id for loc in locs],
-            [loc.offset for loc in locs],
-            [loc.length for loc in locs],
-            [loc.plain_len for loc in locs],
-            [loc.flags for loc in locs],
+            *_chunk_columns(new),
             now,
             reused,
         )

@@ -62,16 +62,14 @@ _NAMED_REPLACEMENT = rf"\g<1>{REDACTED}"
 
 def redact(text: str) -> str:
     """``text`` with every request signature and session token value replaced."""
-    lowered = text.lower()  # fast path: most lines name no secret at all
-    if "signature" in lowered or "security-token" in lowered:
-        text = _NAMED_SECRET.sub(_NAMED_REPLACEMENT, text)
-    if "AWS " in text:
-        text = _SIGV2_AUTH.sub(_NAMED_REPLACEMENT, text)
-    return text
+    if not _may_name_secret(text):  # fast path: most lines name no secret at all
+        return text
+    return _SIGV2_AUTH.sub(_NAMED_REPLACEMENT, _NAMED_SECRET.sub(_NAMED_REPLACEMENT, text))
 
 
 def _may_name_secret(text: str) -> bool:
-    """False when :func:`redact` would certainly leave ``text`` (or any part of it) alone."""
+    """False when :func:`redact` would certainly leave ``text`` (or any part of it) alone:
+    every pattern it replaces starts with one of these words."""
     lowered = text.lower()
     return "signature" in lowered or "security-token" in lowered or "AWS " in text
 
