@@ -12,8 +12,13 @@ the same batch is cut. Memory is bounded per upload, whatever the object size:
 * an upload reads ahead by one batch only while it holds one of the ``ingest_slots`` (batches
   cut, sealed and written at once across all uploads). An upload waiting for a slot holds
   one batch, and the network stalls it (TCP backpressure) instead of filling memory;
-* a batch buffer is dropped as soon as its chunks are written (its carry was copied into
+* a batch buffer is dropped as soon as its chunks are sealed (its carry was copied into
   the next batch), so an upload holds one to two batches plus the records being written.
+
+Writes run behind the pipeline: a batch's records are written to the open pack while the
+next batch is cut and sealed (one write in flight per upload), and a full pack is fsynced and
+published in the background while the upload goes on into a new pack. Every pack is durable
+before :meth:`Ingestor.ingest` returns.
 
 Nothing is indexed here: the caller commits the returned :class:`StagedData` with the object
 version in one metadata transaction, or calls :meth:`Ingestor.discard` so no pack of a failed
@@ -181,6 +186,7 @@ class _Session:
     lengths: list[int] = field(default_factory=list)
     seen: set[bytes] = field(default_factory=set)
     packs: list[PackRecord] = field(default_factory=list)
+    closing: list[asyncio.Future[PackRecord]] = field(default_factory=list)
     chunks: list[NewChunk] = field(default_factory=list)
     blob_names: list[str] = field(default_factory=list)
     open: OpenPack | None = None
@@ -208,30 +214,45 @@ class _Session:
         if not fresh:
             return
         small = sum(len(c) for _, c in fresh) <= ing.config.small_object_max
-        if final and small and self.open is None and not self.packs:
+        if final and small and self.open is None and not self.packs and not self.closing:
             chunks, record = await ing.small.store(fresh)
             self.chunks.extend(chunks)
             self.packs.append(record)
             return
         current = self.open or await self._open_pack()
-        self.chunks.extend(await current.append(await current.seal(ing.cpu, fresh, ing.config.zstd_level)))
+        sealed = await current.seal(ing.cpu, fresh, ing.config.zstd_level)
+        self.chunks.extend(await current.write_behind(sealed))
         if current.size >= ing.config.pack_target:
-            await self.close_pack()
+            self._close_behind()
 
     async def _open_pack(self) -> OpenPack:
         self.open = await OpenPack.create(self.ingestor.backend, self.ingestor.kek)
         return self.open
 
-    async def close_pack(self) -> None:
+    def _close_behind(self) -> None:
+        """Start closing the open pack (trailer, fsync, publish); the upload goes on."""
         current, self.open = self.open, None
         if current is not None:
-            self.packs.append(await current.close())
-            self.blob_names.append(current.name)
+            self.closing.append(asyncio.ensure_future(self._close(current)))
+
+    async def _close(self, pack: OpenPack) -> PackRecord:
+        record = await pack.close()
+        self.blob_names.append(pack.name)  # published: abort() deletes it from here on
+        return record
+
+    async def finish(self) -> None:
+        """Close the open pack and wait until every pack of the upload is durable."""
+        self._close_behind()
+        # Shielded: if the upload is cancelled here, abort() waits for the closes instead.
+        self.packs.extend(await asyncio.gather(*map(asyncio.shield, self.closing)))
+        self.closing = []
 
     async def abort(self) -> None:
         current, self.open = self.open, None
         if current is not None:
             await current.abort()
+        closing, self.closing = self.closing, []
+        await asyncio.gather(*closing, return_exceptions=True)  # never delete under a running close
         for name in self.blob_names:
             await self.ingestor.backend.delete(name)
 
@@ -336,7 +357,7 @@ class Ingestor:
                 batch = None
                 await session.add(chunks, ids, final=True)
                 del chunks
-            await session.close_pack()
+            await session.finish()
         except BaseException:
             for task in (prefetch, hashing):
                 if task is not None:

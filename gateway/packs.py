@@ -1,7 +1,10 @@
 """Writing packs to the blob backend: one open pack, and the shared small-object packer.
 
 :class:`OpenPack` streams sealed records into one pack (fresh DEK, wrapped by the KEK) and
-publishes it durably on close. :class:`SmallObjectPacker` group-commits small objects:
+publishes it durably on close. Its records can be written behind the caller
+(:meth:`OpenPack.write_behind`): one write in flight per pack, so an upload seals its next
+batch while the previous one goes to the backend, and never holds more than one batch of
+records waiting for the disk. :class:`SmallObjectPacker` group-commits small objects:
 objects that arrive while a pack is being written wait and go into the next pack together,
 so concurrent small PUTs share one pack file and one fsync instead of paying for their own.
 """
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from crypto import KEKProvider, Sealer, WrappedKey, new_dek
 from dedup import PackWriter, SealedChunk, new_pack_id, seal_chunk
@@ -30,6 +33,7 @@ class OpenPack:
     sealer: Sealer
     wrapped: WrappedKey
     name: str
+    _writing: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     async def create(cls, backend: BlobBackend, kek: KEKProvider) -> OpenPack:
@@ -49,13 +53,35 @@ class OpenPack:
         )
         return list(sealed)  # type: ignore[arg-type]
 
+    def place(self, sealed: list[SealedChunk]) -> list[NewChunk]:
+        """Give records their places at the end of the pack (they must be written next, in
+        this order)."""
+        return [NewChunk(s.chunk_id, self.pack.add(s)) for s in sealed]
+
     async def append(self, sealed: list[SealedChunk]) -> list[NewChunk]:
         return (await self.append_groups([sealed]))[0]
 
     async def append_groups(self, groups: list[list[SealedChunk]]) -> list[list[NewChunk]]:
         """Append the records of several requests with one write; their locations, per request."""
+        await self.flush()
         await self.writer.write_all([s.record for group in groups for s in group])
-        return [[NewChunk(s.chunk_id, self.pack.add(s)) for s in group] for group in groups]
+        return [self.place(group) for group in groups]
+
+    async def write_behind(self, sealed: list[SealedChunk]) -> list[NewChunk]:
+        """Place ``sealed`` and start writing it once the previous write is done; returns
+        without waiting for this one. A failed write surfaces at the next write, ``flush``
+        or ``close``."""
+        await self.flush()
+        placed = self.place(sealed)
+        self._writing = asyncio.ensure_future(self.writer.write_all([s.record for s in sealed]))
+        return placed
+
+    async def flush(self) -> None:
+        """Wait for the write in flight (shielded: a cancelled caller never leaves a write
+        running into a file that ``abort`` closes; ``abort`` waits for it instead)."""
+        if self._writing is not None:
+            await asyncio.shield(self._writing)
+            self._writing = None
 
     @property
     def size(self) -> int:
@@ -63,12 +89,16 @@ class OpenPack:
 
     async def close(self) -> PackRecord:
         """Write the trailer and publish the pack durably."""
+        await self.flush()
         trailer = self.pack.trailer()
         await self.writer.write(trailer)
         await self.writer.commit()
         return PackRecord(self.pack.pack_id, self.wrapped, self.pack.size + len(trailer))
 
     async def abort(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)
         await self.writer.abort()
 
 
