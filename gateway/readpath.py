@@ -2,18 +2,20 @@
 AES-GCM open + zstd decompress in the CPU pool -> ordered stream of plaintext slices.
 
 Adjacent records of one pack are fetched with one ranged read (a "run", at most
-``run_bytes``), and a bounded number of runs (``read_ahead``) is fetched and decoded ahead of
-the consumer, so the network, the backend and the CPU overlap while memory stays bounded. Unwrapped pack DEKs
-(and inline DEKs, see :mod:`gateway.inline`) are kept in a small in-process LRU (never in a
-shared cache), and concurrent requests for the same DEK share one unwrap. A tiny object's
-manifest holds its sealed data itself: it is opened without any lookup or read.
+``run_bytes``; a memory map where the backend offers ``map_range``, so local packs are
+decrypted straight from the page cache), and a bounded number of runs (``read_ahead``) is
+fetched and decoded ahead of the consumer, so the network, the backend and the CPU overlap
+while memory stays bounded. Unwrapped pack DEKs (and inline DEKs, see :mod:`gateway.inline`)
+are kept in a small in-process LRU (never in a shared cache), and concurrent requests for
+the same DEK share one unwrap. A tiny object's manifest holds its sealed data itself: it is
+opened without any lookup or read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import Executor
 
 from crypto import KEKProvider, Sealer, WrappedKey
@@ -52,6 +54,8 @@ class ChunkReader:
         self._sealers: collections.OrderedDict[str | WrappedKey, asyncio.Future[Sealer]]
         self._sealers = collections.OrderedDict()
         self._sealer_cache = sealer_cache
+        self._read: Callable[[str, int, int], Awaitable[bytes | memoryview]]
+        self._read = getattr(backend, "map_range", backend.read_range)
 
     async def _sealer(self, pack_id: str) -> Sealer:
         return await self._cached_sealer(pack_id, lambda: self._load_sealer(pack_id))
@@ -97,9 +101,7 @@ class ChunkReader:
         first, last = locs[0], locs[-1]
         sealer, blob = await asyncio.gather(
             self._sealer(first.pack_id),
-            self.backend.read_range(
-                pack_blob_name(first.pack_id), first.offset, last.offset + last.length - first.offset
-            ),
+            self._read(pack_blob_name(first.pack_id), first.offset, last.offset + last.length - first.offset),
         )
         if len(blob) < INLINE_OPEN:  # a small record: opening it costs less than a thread hop
             return _open_run(sealer, memoryview(blob), first.offset, ids, locs)
