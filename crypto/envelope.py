@@ -46,15 +46,21 @@ class Sealer:
             raise ValueError(f"a DEK must be {DEK_LEN} bytes, got {len(dek)}")
         self._aead = AESGCM(dek)
 
-    def seal_parts(self, plaintext: Buffer, aad: Buffer) -> tuple[bytes, bytes]:
-        """Encrypt; return ``(nonce, ciphertext || tag)`` so callers can frame without a join."""
+    def seal_framed(self, prefix: Buffer, plaintext: Buffer, aad: Buffer) -> bytearray:
+        """Encrypt; return ``prefix || nonce || ciphertext || tag`` as one new buffer. The
+        ciphertext is encrypted straight into place: framing costs no join copy."""
+        head = memoryview(prefix).nbytes
+        size = memoryview(plaintext).nbytes
+        out = bytearray(head + SEAL_OVERHEAD + size)
+        out[:head] = prefix
         nonce = os.urandom(NONCE_LEN)
-        return nonce, self._aead.encrypt(nonce, plaintext, aad)
+        out[head : head + NONCE_LEN] = nonce
+        self._aead.encrypt_into(nonce, plaintext, aad, memoryview(out)[head + NONCE_LEN :])
+        return out
 
     def seal(self, plaintext: Buffer, aad: Buffer) -> bytes:
         """Encrypt; return ``nonce || ciphertext || tag``."""
-        nonce, ct = self.seal_parts(plaintext, aad)
-        return nonce + ct
+        return bytes(self.seal_framed(b"", plaintext, aad))
 
     def open_parts(self, nonce: Buffer, ciphertext: Buffer, aad: Buffer) -> bytes:
         """Decrypt ``ciphertext || tag``; raise :class:`IntegrityError` if it does not authenticate."""

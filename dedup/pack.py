@@ -99,7 +99,7 @@ class SealedChunk:
     """A chunk sealed into a record, ready to be appended to the pack whose DEK sealed it."""
 
     chunk_id: bytes
-    record: bytes  # full record: 48-byte header + nonce + ciphertext + tag
+    record: bytes | bytearray  # full record: 48-byte header + nonce + ciphertext + tag
     plain_len: int
     flags: int
 
@@ -235,8 +235,7 @@ def seal_chunk(sealer: Sealer, chunk_id: bytes, plain: Buffer, level: int = 1) -
     header = _RECORD.pack(
         RECORD_MAGIC, FORMAT_VERSION, flags, 0, cid, plain_len, len(payload) + SEAL_OVERHEAD
     )
-    nonce, ciphertext = sealer.seal_parts(payload, header)
-    return SealedChunk(cid, b"".join((header, nonce, ciphertext)), plain_len, flags)
+    return SealedChunk(cid, sealer.seal_framed(header, payload, header), plain_len, flags)
 
 
 def parse_record_header(data: Buffer) -> RecordHeader:

@@ -75,4 +75,4 @@ class InlineKeys:
         sealer, wrapped = await self.current()
         cid = chunk_id(dedup_key, data)
         sealed = seal_chunk(sealer, cid, data, level)
-        return Manifest((cid,), (sealed.plain_len,), InlineRecord(wrapped, sealed.record))
+        return Manifest((cid,), (sealed.plain_len,), InlineRecord(wrapped, bytes(sealed.record)))

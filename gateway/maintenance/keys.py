@@ -360,7 +360,7 @@ def reseal_inline(items: list[tuple[Sealer, Sealer, WrappedKey, Manifest]]) -> l
         except (CorruptPackError, CryptoError) as e:
             out.append(f"record does not open ({e or type(e).__name__})")
             continue
-        out.append(dataclasses.replace(manifest, inline=InlineRecord(wrapped, sealed.record)))
+        out.append(dataclasses.replace(manifest, inline=InlineRecord(wrapped, bytes(sealed.record))))
     return out
 
 

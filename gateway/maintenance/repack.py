@@ -72,8 +72,7 @@ def reseal_record(old: Sealer, new: Sealer, record: memoryview, chunk_id: bytes)
     aad = record[:RECORD_HEADER_LEN]
     body = RECORD_HEADER_LEN + NONCE_LEN
     payload = old.open_parts(record[RECORD_HEADER_LEN:body], record[body:], aad)
-    nonce, sealed = new.seal_parts(payload, aad)
-    return SealedChunk(chunk_id, b"".join((aad, nonce, sealed)), hdr.plain_len, hdr.flags)
+    return SealedChunk(chunk_id, new.seal_framed(aad, payload, aad), hdr.plain_len, hdr.flags)
 
 
 def reseal_run(

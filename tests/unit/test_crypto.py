@@ -204,6 +204,19 @@ def test_sealer_round_trip_and_layout() -> None:
     assert sealer.seal(plain, b"aad") != sealed  # random nonce
 
 
+@pytest.mark.parametrize("prefix_len", [0, 1, 48, 4096])
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 100_000])
+def test_seal_framed_puts_the_sealed_data_after_the_prefix(prefix_len: int, size: int) -> None:
+    sealer = Sealer(new_dek())
+    prefix, plain = os.urandom(prefix_len), os.urandom(size)
+    framed = sealer.seal_framed(memoryview(prefix), memoryview(plain), b"aad")
+    assert len(framed) == prefix_len + 12 + size + 16
+    assert bytes(framed[:prefix_len]) == prefix
+    assert sealer.open(framed[prefix_len:], b"aad") == plain
+    with pytest.raises(IntegrityError):  # the AAD is bound, not the prefix by itself
+        sealer.open(framed[prefix_len:], b"aae")
+
+
 def test_sealer_detects_tampering() -> None:
     sealer = Sealer(new_dek())
     sealed = sealer.seal(b"attack at dawn" * 10, b"header")
