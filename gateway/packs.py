@@ -42,9 +42,14 @@ class OpenPack:
         wrapped = await kek.wrap(dek)
         name = pack_blob_name(pack_id)
         writer = await backend.open_writer(name)
-        pack = PackWriter(pack_id, wrapped)
-        await writer.write(pack.header())
-        return cls(writer, pack, Sealer(dek), wrapped, name)
+        pack = cls(writer, PackWriter(pack_id, wrapped), Sealer(dek), wrapped, name)
+        pack._writing = asyncio.ensure_future(writer.write(pack.pack.header()))
+        try:
+            await pack.flush()
+        except BaseException:  # failed or cancelled: the caller never sees this writer
+            await pack.abort()
+            raise
+        return pack
 
     async def seal(self, cpu: CpuRunner, fresh: Fresh, level: int) -> list[SealedChunk]:
         """Compress and encrypt chunks under this pack's DEK, in parallel in the CPU pool."""

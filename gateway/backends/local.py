@@ -14,6 +14,7 @@ every byte into a buffer first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import os
 import secrets
@@ -67,10 +68,16 @@ class LocalBlobWriter:
 
     async def commit(self) -> None:
         def publish() -> None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._tmp, self._final)
+            try:
+                try:
+                    os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+                self._final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self._tmp, self._final)
+            except BaseException:  # not published: leave no temp file (abort() is a no-op now)
+                self._tmp.unlink(missing_ok=True)
+                raise
             _fsync_dir(self._final.parent)
 
         self._closed = True
@@ -115,7 +122,15 @@ class LocalBlobBackend:
     async def open_writer(self, name: str) -> LocalBlobWriter:
         final = self._path(name)
         tmp = self._tmpdir / f"{secrets.token_hex(16)}.part"
-        fd = await self.run(lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        opening = asyncio.ensure_future(self.run(lambda: os.open(tmp, flags, 0o600)))
+        try:
+            fd = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the file may be created anyway: remove it
+            with contextlib.suppress(OSError):
+                os.close(await opening)
+                tmp.unlink(missing_ok=True)
+            raise
         return LocalBlobWriter(self, final, tmp, fd)
 
     async def read_range(self, name: str, offset: int, length: int) -> bytes:

@@ -97,3 +97,18 @@ async def test_a_mapped_range_outlives_the_blob_being_deleted(tmp_path: Path) ->
         assert bytes(view) == data[10:]
     finally:
         await backend.close()
+
+
+async def test_a_failed_publish_leaves_no_temp_file(tmp_path: Path) -> None:
+    backend = LocalBlobBackend(tmp_path / "blobs")
+    try:
+        (tmp_path / "blobs" / "taken").write_bytes(b"a file where the pack's directory would go")
+        writer = await backend.open_writer("taken/x.pack")
+        await writer.write(b"data")
+        with pytest.raises(OSError):
+            await writer.commit()
+        await writer.abort()  # a no-op now: the failed commit cleaned up itself
+        assert list((tmp_path / "blobs" / ".tmp").iterdir()) == []
+        assert [n async for n in backend.list()] == ["taken"]
+    finally:
+        await backend.close()
