@@ -16,7 +16,9 @@ the GIL while it encrypts. Inputs may be ``memoryview``\\ s and are not copied.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -29,6 +31,14 @@ TAG_LEN = 16
 SEAL_OVERHEAD = NONCE_LEN + TAG_LEN
 
 Buffer = bytes | bytearray | memoryview
+
+
+@contextlib.contextmanager
+def _authenticated() -> Iterator[None]:
+    try:
+        yield
+    except InvalidTag:
+        raise IntegrityError("AES-GCM authentication failed (wrong key, AAD or tampered data)") from None
 
 
 def new_dek() -> bytes:
@@ -64,10 +74,14 @@ class Sealer:
 
     def open_parts(self, nonce: Buffer, ciphertext: Buffer, aad: Buffer) -> bytes:
         """Decrypt ``ciphertext || tag``; raise :class:`IntegrityError` if it does not authenticate."""
-        try:
+        with _authenticated():
             return self._aead.decrypt(nonce, ciphertext, aad)
-        except InvalidTag:
-            raise IntegrityError("AES-GCM authentication failed (wrong key, AAD or tampered data)") from None
+
+    def open_into(self, nonce: Buffer, ciphertext: Buffer, aad: Buffer, out: memoryview | bytearray) -> None:
+        """:meth:`open_parts` into ``out`` (writable, exactly ``len(ciphertext) - TAG_LEN``
+        bytes) instead of a new buffer; after a failure the contents of ``out`` are undefined."""
+        with _authenticated():
+            self._aead.decrypt_into(nonce, ciphertext, aad, out)
 
     def open(self, sealed: Buffer, aad: Buffer) -> bytes:
         """Decrypt ``nonce || ciphertext || tag``; raise :class:`IntegrityError` on any mismatch."""

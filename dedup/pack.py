@@ -261,12 +261,17 @@ def parse_record_header(data: Buffer) -> RecordHeader:
     return RecordHeader(bytes(cid), flags, plain_len, sealed_len)
 
 
-def open_record(sealer: Sealer, record: Buffer, expected_chunk_id: bytes) -> bytes:
+def open_record(
+    sealer: Sealer, record: Buffer, expected_chunk_id: bytes, out: memoryview | None = None
+) -> bytes | memoryview:
     """Verify, decrypt and decompress one record; return the chunk's plaintext.
 
     Raises :class:`CorruptPackError` for a malformed record or a different chunk id, and
     :class:`~crypto.errors.IntegrityError` if authentication fails. The plaintext is not
     re-hashed: the GCM tag over the AAD-bound chunk id already authenticates it.
+
+    ``out``, a writable buffer of the chunk's size, is where an uncompressed record is
+    decrypted to (and returned) instead of a new buffer; other records ignore it.
     """
     view = _bytes_view(record)
     hdr = parse_record_header(view)
@@ -277,8 +282,12 @@ def open_record(sealer: Sealer, record: Buffer, expected_chunk_id: bytes) -> byt
             f"record holds chunk {hdr.chunk_id.hex()}, expected {bytes(expected_chunk_id).hex()}"
         )
     body = RECORD_HEADER_LEN + NONCE_LEN
-    try:
-        payload = sealer.open_parts(view[RECORD_HEADER_LEN:body], view[body:], view[:RECORD_HEADER_LEN])
+    nonce, sealed, aad = view[RECORD_HEADER_LEN:body], view[body:], view[:RECORD_HEADER_LEN]
+    try:  # (parse_record_header checked that an uncompressed record seals plain_len bytes)
+        if out is not None and not hdr.flags & FLAG_ZSTD and out.nbytes == hdr.plain_len:
+            sealer.open_into(nonce, sealed, aad, out)
+            return out
+        payload = sealer.open_parts(nonce, sealed, aad)
     except IntegrityError:
         raise IntegrityError(f"chunk {hdr.chunk_id.hex()}: record failed authentication") from None
     if hdr.flags & FLAG_ZSTD:

@@ -21,7 +21,9 @@ from concurrent.futures import Executor
 from crypto import KEKProvider, Sealer, WrappedKey
 from dedup import ChunkLocation, open_record
 from dedup.manifest import Manifest
+from dedup.pack import FLAG_ZSTD
 from gateway.backends.base import BlobBackend, pack_blob_name
+from gateway.buffers import BufferRecycler
 from gateway.meta.store import MetadataStore
 
 LOOKUP_WINDOW = 256
@@ -56,6 +58,7 @@ class ChunkReader:
         self._sealer_cache = sealer_cache
         self._read: Callable[[str, int, int], Awaitable[bytes | memoryview]]
         self._read = getattr(backend, "map_range", backend.read_range)
+        self._buffers = BufferRecycler()
 
     async def _sealer(self, pack_id: str) -> Sealer:
         return await self._cached_sealer(pack_id, lambda: self._load_sealer(pack_id))
@@ -89,24 +92,26 @@ class ChunkReader:
     async def _unwrap(self, wrapped: WrappedKey) -> Sealer:
         return Sealer(await self.kek.unwrap(wrapped))
 
-    async def open_inline(self, manifest: Manifest) -> bytes:
+    async def open_inline(self, manifest: Manifest) -> bytes | memoryview:
         """The plaintext of an inline manifest (opened on the event loop: a few KiB)."""
         inline = manifest.inline
         assert inline is not None
         sealer = await self._cached_sealer(inline.wrapped_dek, lambda: self._unwrap(inline.wrapped_dek))
         return open_record(sealer, inline.record, manifest.chunk_ids[0])
 
-    async def _run(self, ids: list[bytes], locs: list[ChunkLocation]) -> list[bytes]:
-        """Fetch adjacent records of one pack with one ranged read, then open them all."""
+    async def _run(self, ids: list[bytes], locs: list[ChunkLocation]) -> list[bytes | memoryview]:
+        """Fetch adjacent records of one pack with one ranged read, then open them all
+        (uncompressed ones into recycled buffers)."""
         first, last = locs[0], locs[-1]
         sealer, blob = await asyncio.gather(
             self._sealer(first.pack_id),
             self._read(pack_blob_name(first.pack_id), first.offset, last.offset + last.length - first.offset),
         )
         if len(blob) < INLINE_OPEN:  # a small record: opening it costs less than a thread hop
-            return _open_run(sealer, memoryview(blob), first.offset, ids, locs)
+            return _open_run(sealer, memoryview(blob), first.offset, ids, locs, [None] * len(locs))
+        outs = [None if loc.flags & FLAG_ZSTD else self._buffers.take(loc.plain_len) for loc in locs]
         return await asyncio.get_running_loop().run_in_executor(
-            self.pool, _open_run, sealer, memoryview(blob), first.offset, ids, locs
+            self.pool, _open_run, sealer, memoryview(blob), first.offset, ids, locs, outs
         )
 
     async def _locations(self, ids: tuple[bytes, ...]) -> dict[bytes, ChunkLocation]:
@@ -150,7 +155,7 @@ class ChunkReader:
             yield memoryview(await self.open_inline(manifest))[start:end]
             return
         first, last, offset = manifest.span(start, end)
-        pending: collections.deque[asyncio.Future[list[bytes]]] = collections.deque()
+        pending: collections.deque[asyncio.Future[list[bytes | memoryview]]] = collections.deque()
         runs = self._runs(manifest, first, last)
         exhausted = False
         index = first
@@ -165,13 +170,16 @@ class ChunkReader:
                     pending.append(asyncio.ensure_future(self._run(ids, locs)))
                 if not pending:
                     return
-                for plain in await pending.popleft():
+                plains = await pending.popleft()
+                for plain in plains:
                     length = manifest.lengths[index]
                     lo = max(start - offset, 0)
                     hi = min(end - offset, length)
                     yield memoryview(plain)[lo:hi]
                     offset += length
                     index += 1
+                self._buffers.give_back(plains)  # reused once the transport is done with them
+                del plains
         finally:
             for fut in pending:
                 fut.cancel()
@@ -181,9 +189,14 @@ class ChunkReader:
 
 
 def _open_run(
-    sealer: Sealer, blob: memoryview, base: int, ids: list[bytes], locs: list[ChunkLocation]
-) -> list[bytes]:
+    sealer: Sealer,
+    blob: memoryview,
+    base: int,
+    ids: list[bytes],
+    locs: list[ChunkLocation],
+    outs: list[memoryview | None],
+) -> list[bytes | memoryview]:
     return [
-        open_record(sealer, blob[loc.offset - base : loc.offset - base + loc.length], cid)
-        for cid, loc in zip(ids, locs, strict=True)
+        open_record(sealer, blob[loc.offset - base : loc.offset - base + loc.length], cid, out)
+        for cid, loc, out in zip(ids, locs, outs, strict=True)
     ]

@@ -339,6 +339,31 @@ async def test_multi_pack_upload_publishes_every_pack_and_reads_back(env: Env) -
     assert await env.read(result) == body
 
 
+async def test_concurrent_reads_that_hold_every_piece_read_exact_bytes(env: Env) -> None:
+    """GET decrypts uncompressed chunks into recycled buffers (gateway.buffers): one that a
+    reader (or a transport) still views must never be handed to another read."""
+    bodies = [data(2 * MiB + 777 * i, 40 + i) for i in range(4)]
+    results = []
+    for i, body in enumerate(bodies):
+        result = await env.ingestor.ingest(pieces(body, i), KEY)
+        await env.commit(f"held-{i}", result)
+        results.append(result)
+
+    async def read_holding(result: IngestResult) -> list[memoryview]:
+        held = []
+        async for piece in env.reader.stream(result.manifest, 0, result.size):
+            held.append(piece)
+            await asyncio.sleep(0)  # let the other reads run between pieces
+        return held
+
+    for _ in range(3):
+        helds = await asyncio.gather(*(read_holding(r) for r in results))
+        for held, body in zip(helds, bodies, strict=True):
+            assert b"".join(bytes(p) for p in held) == body
+    for result, body in zip(results, bodies, strict=True):  # and reads that let go reuse them
+        assert await env.read(result) == body
+
+
 async def test_upload_of_a_body_that_ends_on_a_batch_boundary(env: Env) -> None:
     """The last batch then holds only the carry: no fresh bytes, yet its chunks are stored."""
     body = data(4 * env.config.storage.ingest_batch, 2)
