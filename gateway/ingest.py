@@ -5,7 +5,8 @@ Stages overlap: while one batch is cut, hashed, sealed and written, the next is 
 network, and the batch's digests (MD5, checksums, SHA-256) are updated in the CPU pool while
 the same batch is cut. Memory is bounded per upload, whatever the object size:
 
-* each batch is one buffer of ``ingest_batch`` bytes, allocated once (never grown): the
+* each batch is one buffer of ``ingest_batch`` bytes, taken once (never grown) from a
+  :class:`~gateway.buffers.BufferRecycler` (reused once nothing views it any more): the
   chunker's carry from the previous batch (the bytes after its last final boundary), then
   fresh bytes copied once from the network pieces. The chunker cuts it in place: apart from
   the carry, no byte is copied again before it is sealed;
@@ -40,6 +41,7 @@ from crypto import KEKProvider
 from dedup import chunk_id
 from dedup.manifest import Manifest
 from gateway.backends.base import BlobBackend
+from gateway.buffers import BufferRecycler
 from gateway.config import StorageConfig
 from gateway.inline import InlineKeys
 from gateway.meta.models import NewChunk, PackRecord, StagedData
@@ -98,9 +100,12 @@ class _BodyReader:
     ``size``; :attr:`done` is set once the body has ended.
     """
 
-    def __init__(self, source: AsyncIterator[Buffer], size: int) -> None:
+    def __init__(
+        self, source: AsyncIterator[Buffer], size: int, buffers: BufferRecycler | None = None
+    ) -> None:
         self._source = source
         self._size = max(1, size)
+        self._buffers = buffers or BufferRecycler(0)
         self._pending: collections.deque[memoryview] = collections.deque()
         self.done = False
 
@@ -133,7 +138,9 @@ class _BodyReader:
             piece = await self._piece()
             if piece is not None:
                 self._pending.appendleft(piece)
-                batch, _ = await self.fill(_flat(batch))
+                small = batch
+                batch, _ = await self.fill(_flat(small))
+                self._buffers.give_back([small])
         return batch
 
     async def fill(self, carry: memoryview, size: int | None = None) -> tuple[Buffer, int]:
@@ -143,14 +150,14 @@ class _BodyReader:
         size = size or self._size
         start = len(carry)
         cap = max(size, start + max(1, size // 2))
-        buf = bytearray(cap)  # zero-filled: never memory another request left behind
+        buf = self._buffers.take(cap)  # only what is filled below is ever handed out
         buf[:start] = carry
         del carry  # the previous batch is now held only by the chunks cut from it
         pos = start
         while pos < cap:
             piece = await self._piece()
             if piece is None:
-                return memoryview(buf)[:pos], start
+                return buf[:pos], start
             n = len(piece)
             if n > cap - pos:
                 self._pending.appendleft(piece[cap - pos :])
@@ -288,6 +295,8 @@ class Ingestor:
         self._slots = asyncio.Semaphore(max(1, config.ingest_slots))
         self.small = SmallObjectPacker(backend, kek, self.cpu, config.zstd_level)
         self.inline = InlineKeys(kek)
+        # Batch buffers, reused instead of allocated and zero-filled for every batch.
+        self.buffers = BufferRecycler(config.ingest_batch * max(1, config.ingest_slots) * 2)
 
     async def cpu(self, fn: Callable[..., T], *args: object, work: int = INLINE_MAX) -> T:
         """Run a CPU stage in the pool, or inline when ``work`` (bytes) is too small to be
@@ -314,7 +323,7 @@ class Ingestor:
         """
         session = _Session(self, dedup_key)
         chunker = StreamChunker(self.params)
-        reader = _BodyReader(source, self.config.ingest_batch)
+        reader = _BodyReader(source, self.config.ingest_batch, self.buffers)
         first = await reader.first()  # nothing is stored yet: a failure here needs no cleanup
         # A batch shorter than ingest_batch is the whole body.
         inline_max = min(self.config.inline_max, self.config.ingest_batch - 1) if inline else 0
@@ -345,6 +354,7 @@ class Ingestor:
                     chunks, ids = await self.cpu(_cut, chunker, dedup_key, batch, work=len(batch))
                     # Read the next batch (starting with the carry) while these chunks are stored.
                     prefetch = asyncio.ensure_future(reader.fill(chunker.take_carry()))
+                    self.buffers.give_back([batch])  # reused once its chunks and digests let go
                     batch = None
                     await session.add(chunks, ids)
                     del chunks
@@ -358,6 +368,7 @@ class Ingestor:
             async with self._slots:
                 work = chunker.buffered + (len(batch) if batch is not None else 0)
                 chunks, ids = await self.cpu(_cut_last, chunker, dedup_key, batch, work=work)
+                self.buffers.give_back([batch])
                 batch = None
                 await session.add(chunks, ids, final=True)
                 del chunks
