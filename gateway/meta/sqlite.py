@@ -210,6 +210,13 @@ def _in_batches(
     return out
 
 
+# The new version's seq is one more than the key's highest, computed in the same statement.
+_INSERT_VERSION = (
+    f"INSERT INTO objects ({_OBJECT_COLS}, seq) SELECT {','.join('?' * 16)}, "
+    "(SELECT COALESCE(MAX(seq), 0) + 1 FROM objects WHERE bucket=? AND key=?)"
+)
+
+
 def _event(name: str, bucket: str, key: str, **detail: Any) -> str:
     return json.dumps({"eventName": name, "bucket": bucket, "key": key, "time": time.time(), **detail})
 
@@ -429,6 +436,8 @@ class SqliteMetadataStore:
     def _index(c: sqlite3.Connection, staged: StagedData) -> tuple[int, int]:
         """Insert the packs' and chunks' rows (existing rows are kept); returns how many of
         each were new."""
+        if not staged.packs and not staged.chunks:  # an inline object or a whole dedup hit
+            return 0, 0
         now = time.time()
         packs = c.executemany(
             "INSERT OR IGNORE INTO packs (pack_id, kek_id, kek_version, wrapped_dek, size, created) "
@@ -492,14 +501,8 @@ class SqliteMetadataStore:
                 "DELETE FROM objects WHERE bucket=? AND key=? AND version_id=?",
                 (v.bucket, v.key, NULL_VERSION),
             )
-        (seq,) = c.execute(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM objects WHERE bucket=? AND key=?", (v.bucket, v.key)
-        ).fetchone()
         c.execute("UPDATE objects SET latest=0 WHERE bucket=? AND key=? AND latest=1", (v.bucket, v.key))
-        c.execute(
-            f"INSERT INTO objects ({_OBJECT_COLS}, seq) VALUES ({','.join('?' * 17)})",
-            (*version_values(v), 1, seq),
-        )
+        c.execute(_INSERT_VERSION, (*version_values(v), 1, v.bucket, v.key))
         detail = {} if v.delete_marker else {"size": v.size, "eTag": v.etag}
         c.execute(
             "INSERT INTO outbox (created, event) VALUES (?, ?)",
