@@ -448,26 +448,12 @@ async def test_failed_records_write_into_a_pack_still_open(env: Env, n: int) -> 
 
 
 @pytest.mark.parametrize("n", [1, 3])
-async def test_failed_trailer_write(env: Env, n: int) -> None:
-    env.backend.faults[("trailer", n)] = fail()
+@pytest.mark.parametrize(("kind", "seed"), [("trailer", 7), ("header", 8), ("open", 9)])
+async def test_failed_pack_operation(env: Env, kind: str, seed: int, n: int) -> None:
+    """The n-th trailer write, header write or pack open fails."""
+    env.backend.faults[(kind, n)] = fail()
     with pytest.raises(InjectedError):
-        await env.ingestor.ingest(pieces(data(4 * MiB, 7), 7), KEY)
-    env.assert_nothing_left()
-
-
-@pytest.mark.parametrize("n", [1, 3])
-async def test_failed_header_write(env: Env, n: int) -> None:
-    env.backend.faults[("header", n)] = fail()
-    with pytest.raises(InjectedError):
-        await env.ingestor.ingest(pieces(data(4 * MiB, 8), 8), KEY)
-    env.assert_nothing_left()
-
-
-@pytest.mark.parametrize("n", [1, 3])
-async def test_failed_open_of_a_pack(env: Env, n: int) -> None:
-    env.backend.faults[("open", n)] = fail()
-    with pytest.raises(InjectedError):
-        await env.ingestor.ingest(pieces(data(4 * MiB, 9), 9), KEY)
+        await env.ingestor.ingest(pieces(data(4 * MiB, seed), seed), KEY)
     env.assert_nothing_left()
 
 
