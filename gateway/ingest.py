@@ -5,8 +5,7 @@ Stages overlap: while one batch is cut, hashed, sealed and written, the next is 
 network, and the batch's digests (MD5, checksums, SHA-256) are updated in the CPU pool while
 the same batch is cut. Memory is bounded per upload, whatever the object size:
 
-* each batch is one buffer of ``ingest_batch`` bytes, taken once (never grown) from a
-  :class:`~gateway.buffers.BufferRecycler` (reused once nothing views it any more): the
+* each batch is one buffer of ``ingest_batch`` bytes, allocated once (never grown): the
   chunker's carry from the previous batch (the bytes after its last final boundary), then
   fresh bytes copied once from the network pieces. The chunker cuts it in place: apart from
   the carry, no byte is copied again before it is sealed;
@@ -17,9 +16,9 @@ the same batch is cut. Memory is bounded per upload, whatever the object size:
   the next batch), so an upload holds one to two batches plus the records being written.
 
 Writes run behind the pipeline: a batch's records are written to the open pack while the
-next batch is cut and sealed (one write in flight per upload), and a full pack is fsynced and
-published in the background while the upload goes on into a new pack. Every pack is durable
-before :meth:`Ingestor.ingest` returns.
+next batch is cut and sealed (one write in flight per upload, and at most ``ingest_slots``
+across uploads), and a full pack is fsynced and published in the background while the upload
+goes on into a new pack. Every pack is durable before :meth:`Ingestor.ingest` returns.
 
 Nothing is indexed here: the caller commits the returned :class:`StagedData` with the object
 version in one metadata transaction, or calls :meth:`Ingestor.discard` so no pack of a failed
@@ -41,7 +40,6 @@ from crypto import KEKProvider
 from dedup import chunk_id
 from dedup.manifest import Manifest
 from gateway.backends.base import BlobBackend
-from gateway.buffers import BufferRecycler
 from gateway.config import StorageConfig
 from gateway.inline import InlineKeys
 from gateway.meta.models import NewChunk, PackRecord, StagedData
@@ -100,12 +98,9 @@ class _BodyReader:
     ``size``; :attr:`done` is set once the body has ended.
     """
 
-    def __init__(
-        self, source: AsyncIterator[Buffer], size: int, buffers: BufferRecycler | None = None
-    ) -> None:
+    def __init__(self, source: AsyncIterator[Buffer], size: int) -> None:
         self._source = source
         self._size = max(1, size)
-        self._buffers = buffers or BufferRecycler(0)
         self._pending: collections.deque[memoryview] = collections.deque()
         self.done = False
 
@@ -138,9 +133,7 @@ class _BodyReader:
             piece = await self._piece()
             if piece is not None:
                 self._pending.appendleft(piece)
-                small = batch
-                batch, _ = await self.fill(_flat(small))
-                self._buffers.give_back([small])
+                batch, _ = await self.fill(_flat(batch))
         return batch
 
     async def fill(self, carry: memoryview, size: int | None = None) -> tuple[Buffer, int]:
@@ -150,14 +143,14 @@ class _BodyReader:
         size = size or self._size
         start = len(carry)
         cap = max(size, start + max(1, size // 2))
-        buf = self._buffers.take(cap)  # only what is filled below is ever handed out
+        buf = bytearray(cap)  # zero-filled: never memory another request left behind
         buf[:start] = carry
         del carry  # the previous batch is now held only by the chunks cut from it
         pos = start
         while pos < cap:
             piece = await self._piece()
             if piece is None:
-                return buf[:pos], start
+                return memoryview(buf)[:pos], start
             n = len(piece)
             if n > cap - pos:
                 self._pending.appendleft(piece[cap - pos :])
@@ -228,7 +221,7 @@ class _Session:
             return
         current = self.open or await self._open_pack()
         sealed = await current.seal(ing.cpu, fresh, ing.config.zstd_level)
-        self.chunks.extend(await current.write_behind(sealed))
+        self.chunks.extend(await current.write_behind(sealed, ing.write_gate))
         if current.size >= ing.config.pack_target:
             self._close_behind()
 
@@ -293,10 +286,11 @@ class Ingestor:
         # memory of many concurrent uploads. An upload holds one batch while it waits for a
         # slot, and reads one more ahead while it holds one.
         self._slots = asyncio.Semaphore(max(1, config.ingest_slots))
+        # Batches of records written behind their uploads at once (one per upload at most):
+        # bounds what waits for a slow disk when many uploads run.
+        self.write_gate = asyncio.Semaphore(max(1, config.ingest_slots))
         self.small = SmallObjectPacker(backend, kek, self.cpu, config.zstd_level)
         self.inline = InlineKeys(kek)
-        # Batch buffers, reused instead of allocated and zero-filled for every batch.
-        self.buffers = BufferRecycler(config.ingest_batch * max(1, config.ingest_slots) * 2)
 
     async def cpu(self, fn: Callable[..., T], *args: object, work: int = INLINE_MAX) -> T:
         """Run a CPU stage in the pool, or inline when ``work`` (bytes) is too small to be
@@ -323,7 +317,7 @@ class Ingestor:
         """
         session = _Session(self, dedup_key)
         chunker = StreamChunker(self.params)
-        reader = _BodyReader(source, self.config.ingest_batch, self.buffers)
+        reader = _BodyReader(source, self.config.ingest_batch)
         first = await reader.first()  # nothing is stored yet: a failure here needs no cleanup
         # A batch shorter than ingest_batch is the whole body.
         inline_max = min(self.config.inline_max, self.config.ingest_batch - 1) if inline else 0
@@ -354,7 +348,6 @@ class Ingestor:
                     chunks, ids = await self.cpu(_cut, chunker, dedup_key, batch, work=len(batch))
                     # Read the next batch (starting with the carry) while these chunks are stored.
                     prefetch = asyncio.ensure_future(reader.fill(chunker.take_carry()))
-                    self.buffers.give_back([batch])  # reused once its chunks and digests let go
                     batch = None
                     await session.add(chunks, ids)
                     del chunks
@@ -368,7 +361,6 @@ class Ingestor:
             async with self._slots:
                 work = chunker.buffered + (len(batch) if batch is not None else 0)
                 chunks, ids = await self.cpu(_cut_last, chunker, dedup_key, batch, work=work)
-                self.buffers.give_back([batch])
                 batch = None
                 await session.add(chunks, ids, final=True)
                 del chunks

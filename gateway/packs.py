@@ -72,14 +72,26 @@ class OpenPack:
         await self.writer.write_all([s.record for group in groups for s in group])
         return [self.place(group) for group in groups]
 
-    async def write_behind(self, sealed: list[SealedChunk]) -> list[NewChunk]:
-        """Place ``sealed`` and start writing it once the previous write is done; returns
-        without waiting for this one. A failed write surfaces at the next write, ``flush``
-        or ``close``."""
+    async def write_behind(
+        self, sealed: list[SealedChunk], gate: asyncio.Semaphore | None = None
+    ) -> list[NewChunk]:
+        """Place ``sealed`` and start writing it once the previous write is done (and, with
+        ``gate``, once one of its places is free: it bounds the records waiting for the disk
+        across uploads); returns without waiting for this write. A failed write surfaces at
+        the next write, ``flush`` or ``close``."""
         await self.flush()
         placed = self.place(sealed)
-        self._writing = asyncio.ensure_future(self.writer.write_all([s.record for s in sealed]))
+        if gate is not None:
+            await gate.acquire()
+        self._writing = asyncio.ensure_future(self._write([s.record for s in sealed], gate))
         return placed
+
+    async def _write(self, records: list[bytes | bytearray], gate: asyncio.Semaphore | None) -> None:
+        try:
+            await self.writer.write_all(records)
+        finally:
+            if gate is not None:
+                gate.release()
 
     async def flush(self) -> None:
         """Wait for the write in flight (shielded: a cancelled caller never leaves a write
