@@ -22,8 +22,9 @@ gives all free memory back (e.g. when the gateway goes idle).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
+
+from gateway.libc import function
 
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
@@ -34,19 +35,6 @@ MiB = 1024 * 1024
 log = logging.getLogger(__name__)
 
 
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
 def tune_malloc(
     arena_max: int = 2,
     mmap_threshold: int = 32 * MiB,
@@ -55,8 +43,8 @@ def tune_malloc(
 ) -> bool:
     """Cap glibc malloc arenas and fix the mmap/trim thresholds (see the module docstring);
     returns False where glibc is not the allocator."""
-    libc = _libc()
-    if libc is None:
+    mallopt = function("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:
         return False
     ok = True
     for param, value in (
@@ -65,7 +53,7 @@ def tune_malloc(
         (M_TRIM_THRESHOLD, trim_threshold),
         (M_TOP_PAD, top_pad),
     ):
-        if not libc.mallopt(param, value):
+        if not mallopt(param, value):
             log.debug("mallopt(%d, %d) was refused", param, value)
             ok = False
     return ok
@@ -74,5 +62,5 @@ def tune_malloc(
 def trim() -> bool:
     """Return the free memory of every malloc arena to the kernel (glibc ``malloc_trim``).
     Costs page faults when that memory is needed again: call it when idle, not per request."""
-    libc = _libc()
-    return bool(libc is not None and libc.malloc_trim(0))
+    malloc_trim = function("malloc_trim", [ctypes.c_size_t])
+    return bool(malloc_trim is not None and malloc_trim(0))

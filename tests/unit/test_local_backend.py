@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import pytest
 
+from gateway.backends import local
 from gateway.backends.local import INLINE_READ, LocalBlobBackend
 
 
@@ -110,5 +112,20 @@ async def test_a_failed_publish_leaves_no_temp_file(tmp_path: Path) -> None:
         await writer.abort()  # a no-op now: the failed commit cleaned up itself
         assert list((tmp_path / "blobs" / ".tmp").iterdir()) == []
         assert [n async for n in backend.list()] == ["taken"]
+    finally:
+        await backend.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sync_file_range is Linux's")
+async def test_writes_start_their_writeback_and_still_read_back(tmp_path: Path) -> None:
+    assert local._start_writeback is not None  # else every pack's fsync flushes it all at once
+    backend = LocalBlobBackend(tmp_path / "blobs")
+    try:
+        pieces = [random.Random(i).randbytes(100_000 + i) for i in range(5)]
+        writer = await backend.open_writer("packs/ef/w.pack")
+        for piece in pieces:
+            await writer.write(piece)
+        await writer.commit()
+        assert await backend.read_range("packs/ef/w.pack", 0, sum(map(len, pieces))) == b"".join(pieces)
     finally:
         await backend.close()
