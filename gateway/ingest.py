@@ -236,11 +236,7 @@ class _Session:
             self.closing.append(asyncio.ensure_future(self._close(current)))
 
     async def _close(self, pack: OpenPack) -> PackRecord:
-        try:
-            record = await pack.close()
-        except BaseException:
-            await pack.abort()  # no longer the open pack: nobody else would discard it
-            raise
+        record = await pack.close()  # a failed close aborts the pack itself
         self.blob_names.append(pack.name)  # published: abort() deletes it from here on
         return record
 

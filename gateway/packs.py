@@ -105,11 +105,16 @@ class OpenPack:
         return self.pack.size
 
     async def close(self) -> PackRecord:
-        """Write the trailer and publish the pack durably."""
-        await self.flush()
-        trailer = self.pack.trailer()
-        await self.writer.write(trailer)
-        await self.writer.commit()
+        """Write the trailer and publish the pack durably. If that fails (or is cancelled),
+        the pack is aborted: nothing of it is left for the caller to discard."""
+        try:
+            await self.flush()
+            trailer = self.pack.trailer()
+            await self.writer.write(trailer)
+            await self.writer.commit()
+        except BaseException:
+            await self.abort()
+            raise
         return PackRecord(self.pack.pack_id, self.wrapped, self.pack.size + len(trailer))
 
     async def abort(self) -> None:

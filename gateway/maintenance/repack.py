@@ -179,11 +179,7 @@ class PackRewriter:
         """Commit the open output pack, move the rows into it, retire the finished sources."""
         out, self._out = self._out, None
         if out is not None:
-            try:
-                record = await out.close()
-            except BaseException:
-                await out.abort()
-                raise
+            record = await out.close()  # a failed close aborts the pack itself
             self.report.packs_written += 1
             self.report.bytes_written += record.size
             self.report.moved += await self.meta.repoint_chunks(record, self._moves)
