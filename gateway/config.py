@@ -70,6 +70,9 @@ class StorageConfig:
     read_ahead: int = 3
     # Worker threads for CPU stages (hashing, zstd, AES-GCM). 0 = one per core.
     workers: int = 0
+    # GET: threads that copy large body pieces into client sockets without holding the GIL
+    # (see gateway/socket_send.py). 0 = the event loop writes every byte itself.
+    send_threads: int = 8
     max_put_size: int = 5 * 1024 * MiB  # single PUT and each multipart part, as S3
 
     @property

@@ -149,10 +149,18 @@ class ChunkReader:
 
     async def stream(self, manifest: Manifest, start: int, end: int) -> AsyncIterator[memoryview]:
         """Yield the object's bytes [start, end) in order."""
+        async for pieces in self.stream_runs(manifest, start, end):
+            for piece in pieces:
+                yield piece
+
+    async def stream_runs(self, manifest: Manifest, start: int, end: int) -> AsyncIterator[list[memoryview]]:
+        """Yield the object's bytes [start, end) in order, one list of pieces per pack run
+        (so a consumer can hand a whole run to one ``writev``). The pieces' buffers may be
+        reused once the consumer asks for the next list and drops its views."""
         if start >= end:
             return
         if manifest.inline is not None:
-            yield memoryview(await self.open_inline(manifest))[start:end]
+            yield [memoryview(await self.open_inline(manifest))[start:end]]
             return
         first, last, offset = manifest.span(start, end)
         pending: collections.deque[asyncio.Future[list[bytes | memoryview]]] = collections.deque()
@@ -171,13 +179,16 @@ class ChunkReader:
                 if not pending:
                     return
                 plains = await pending.popleft()
+                pieces = []
                 for plain in plains:
                     length = manifest.lengths[index]
                     lo = max(start - offset, 0)
                     hi = min(end - offset, length)
-                    yield memoryview(plain)[lo:hi]
+                    pieces.append(memoryview(plain)[lo:hi])
                     offset += length
                     index += 1
+                yield pieces
+                del pieces
                 self._buffers.give_back(plains)  # reused once the transport is done with them
                 del plains
         finally:

@@ -38,6 +38,7 @@ class Runtime:
     backend: BlobBackend
     kek: KEKProvider
     pool: ThreadPoolExecutor
+    send_pool: ThreadPoolExecutor | None  # large GET body pieces (gateway/socket_send.py)
     identities: Identities
     ingestor: Ingestor
     reader: ChunkReader
@@ -54,12 +55,14 @@ class Runtime:
         metrics.watch_pool(lambda: meta.pool_usage())
         backend = open_backend(config, metrics)  # metrics observe backend requests and breaker
         pool = ThreadPoolExecutor(max_workers=config.storage.cpu_workers, thread_name_prefix="cpu")
+        sends = config.storage.send_threads
         return cls(
             config=config,
             meta=meta,
             backend=backend,
             kek=kek,
             pool=pool,
+            send_pool=ThreadPoolExecutor(max_workers=sends, thread_name_prefix="send") if sends > 0 else None,
             identities=Identities(meta, kek),
             ingestor=Ingestor(backend, meta, kek, pool, config.storage, on_ingest=metrics.ingested),
             events=open_sink(config),
@@ -98,6 +101,8 @@ class Runtime:
         await self.backend.close()
         await close_kek(self.kek)
         self.pool.shutdown(wait=True)
+        if self.send_pool is not None:
+            self.send_pool.shutdown(wait=True)
 
 
 @dataclass

@@ -364,6 +364,22 @@ async def test_concurrent_reads_that_hold_every_piece_read_exact_bytes(env: Env)
         assert await env.read(result) == body
 
 
+@pytest.mark.parametrize(("start", "end"), [(0, None), (1, 2), (100_000, 700_001), (0, 1), (-1, None)])
+async def test_stream_runs_yields_the_range_run_by_run(env: Env, start: int, end: int | None) -> None:
+    """stream_runs (what GET hands to one writev per run) is the same bytes as stream,
+    grouped by pack run, with runs of at most read_run stored bytes."""
+    body = data(3 * MiB + 333, 7)
+    result = await env.ingestor.ingest(pieces(body, 0), KEY)
+    await env.commit("runs", result)
+    lo = start % len(body)
+    hi = len(body) if end is None else end
+    runs = [run async for run in env.reader.stream_runs(result.manifest, lo, hi)]
+    assert b"".join(bytes(p) for run in runs for p in run) == body[lo:hi]
+    assert all(run for run in runs)
+    if hi - lo > 2 * env.reader.run_bytes:
+        assert len(runs) > 1
+
+
 async def test_upload_of_a_body_that_ends_on_a_batch_boundary(env: Env) -> None:
     """The last batch then holds only the carry: no fresh bytes, yet its chunks are stored."""
     body = data(4 * env.config.storage.ingest_batch, 2)

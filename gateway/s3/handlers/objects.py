@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gateway.s3.handlers import versioning
 from gateway.s3.ranges import parse_range
 from gateway.s3.request import S3Request, now
 from gateway.s3.xml import Node, child_text, document, http_date, parse
+from gateway.socket_send import MIN_PIECE, ThreadedBodyWriter, write_each
 
 log = logging.getLogger("strata.s3")
 
@@ -211,17 +213,21 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{v.size}"
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_length = end - start
-    # The first piece is read before the status line goes out, so that a backend that is
+    # The first run is read before the status line goes out, so that a backend that is
     # down (or data that is lost) still gets a proper error response (503 SlowDown, 500).
-    pieces = None if head else aiter(req.rt.reader.stream(v.manifest, start, end))
-    first = None if pieces is None else await anext(pieces, None)
+    runs = None if head else aiter(req.rt.reader.stream_runs(v.manifest, start, end))
+    first = None if runs is None else await anext(runs, None)
     await resp.prepare(req.http)
-    if pieces is not None:
+    if runs is not None:
+        big = end - start >= 2 * MIN_PIECE
+        sender = ThreadedBodyWriter.attach(req.http, resp, req.rt.send_pool) if big else None
+        write = functools.partial(write_each, resp) if sender is None else sender.write
         try:
             if first is not None:
-                await resp.write(first)
-            async for piece in pieces:
-                await resp.write(piece)
+                await write(first)
+                del first
+            async for pieces in runs:
+                await write(pieces)
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -232,6 +238,9 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
             if req.http.transport is not None:
                 req.http.transport.abort()
             raise ConnectionResetError("response aborted after the headers were sent") from exc
+        finally:
+            if sender is not None:
+                sender.close()
     await resp.write_eof()
     return resp
 
