@@ -2,7 +2,9 @@
 
 One writer thread owns the write connection, so each write transaction runs start to finish
 in one synchronous call (no interleaving between coroutines); writes that arrive while a
-commit is in flight are group-committed together, each in its own savepoint. A second
+commit is in flight are group-committed together, each in its own savepoint. The writer
+thread drains the queue itself, group after group, and only posts outcomes back to the
+waiters' event loops, so a busy loop never delays the next commit. A second
 connection in its own thread serves reads concurrently (WAL mode). ``synchronous=FULL`` makes a commit durable
 before the client is answered.
 """
@@ -10,8 +12,10 @@ before the client is answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -217,6 +221,20 @@ _INSERT_VERSION = (
 )
 
 
+_Settled = tuple[asyncio.Future[Any], bool, Any]  # a write's future, whether it succeeded, its value
+
+
+def _settle(settled: list[_Settled]) -> None:
+    """On a waiter's loop: hand each write its outcome (unless it was cancelled meanwhile)."""
+    for fut, ok, value in settled:
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
 def _event(name: str, bucket: str, key: str, **detail: Any) -> str:
     return json.dumps({"eventName": name, "bucket": bucket, "key": key, "time": time.time(), **detail})
 
@@ -236,7 +254,8 @@ class SqliteMetadataStore:
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
         self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Future[None] | None = None
+        self._queue_lock = threading.Lock()
+        self._draining = False  # a drain job is queued on, or running in, the writer thread
 
     # -- plumbing -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -265,25 +284,32 @@ class SqliteMetadataStore:
         fsync covers the whole group.
         """
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, fut))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
+        with self._queue_lock:
+            self._queue.append((fn, fut))
+            start, self._draining = not self._draining, True
+        if start:
+            self._writer.submit(self._drain)
         return await fut
 
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
+    def _drain(self) -> None:
+        """On the writer thread: commit queued writes group after group until none is left,
+        posting each group's outcomes to the loops its writers wait on."""
+        while True:
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._draining = False
+                    return
             try:
-                outcomes = await self._run_write_raw(lambda b=batch: self._commit_group([fn for fn, _ in b]))
+                outcomes = self._commit_group([fn for fn, _ in batch])
             except BaseException as exc:  # the COMMIT itself failed: nothing in the group happened
                 outcomes = [(False, exc)] * len(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
             for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
-                if fut.done():
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+                by_loop.setdefault(fut.get_loop(), []).append((fut, ok, value))
+            for loop, settled in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these
+                    loop.call_soon_threadsafe(_settle, settled)
 
     def _commit_group(self, fns: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
         assert self._wconn is not None
@@ -1116,5 +1142,4 @@ class SqliteMetadataStore:
     def pool_usage(self) -> PoolUsage:
         """The one writer connection: busy while a write group commits; ``waiting`` writes
         are queued for the next group."""
-        busy = self._flusher is not None and not self._flusher.done()
-        return PoolUsage(in_use=int(busy), size=1, waiting=len(self._queue))
+        return PoolUsage(in_use=int(self._draining), size=1, waiting=len(self._queue))

@@ -172,6 +172,39 @@ async def test_group_commit_isolates_a_failing_write(store: SqliteMetadataStore)
     assert await store.get_pack("pbad") is None
 
 
+async def test_writer_thread_answers_other_loops_and_keeps_going(store: SqliteMetadataStore) -> None:
+    """The writer thread drains the queue itself and answers each writer on its own loop:
+    writes from another thread's loop, a writer on this loop that stalls its loop, and a
+    cancelled waiter all leave every other write committed and answered."""
+    import asyncio
+    import threading
+    import time
+
+    def other_loop() -> list[object]:
+        async def writes() -> list[object]:
+            return await asyncio.gather(
+                *(store.put_object(_version(f"other/{i}"), EMPTY) for i in range(30)), return_exceptions=True
+            )
+
+        return asyncio.run(writes())
+
+    other: list[list[object]] = []
+    thread = threading.Thread(target=lambda: other.append(other_loop()))
+    thread.start()
+    cancelled = asyncio.ensure_future(store.put_object(_version("cancelled"), EMPTY))
+    mine = [asyncio.ensure_future(store.put_object(_version(f"mine/{i}"), EMPTY)) for i in range(30)]
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    time.sleep(0.2)  # this loop stalls; the writer thread commits without it
+    assert store.pool_usage().waiting == 0
+    assert all(r is None for r in await asyncio.gather(*mine))
+    thread.join(10)
+    assert other and all(r is None for r in other[0])
+    keys = {o.key for o in await store.list_objects("bkt", "", "", False, 100)}
+    assert {f"mine/{i}" for i in range(30)} | {f"other/{i}" for i in range(30)} <= keys
+    assert store.pool_usage().in_use == 0
+
+
 async def test_bucket_configs_roundtrip_and_go_with_the_bucket(store: SqliteMetadataStore) -> None:
     assert await store.get_bucket_config("bkt", "cors") is None
     await store.put_bucket_config("bkt", "cors", "<CORSConfiguration/>")
