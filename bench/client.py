@@ -3,10 +3,12 @@
 This module owns the HTTP side of one benchmark process: signing and sending PUT, GET,
 HEAD, DELETE, ListObjectsV2 and CreateBucket, path-style, with ``UNSIGNED-PAYLOAD``.
 Each call returns the payload bytes moved (or raises :class:`S3RequestError`), so the
-caller times it. Large PUT bodies stream from :class:`StreamedObject`, which refills a
-ring of three 1 MiB windows from a :class:`~bench.data.PayloadSource` (never the whole
-object in memory); a window is refilled only once the transport has handed every byte of
-it to the kernel. Responses are drained with ``readany()`` and not checked byte by byte.
+caller times it. Large PUT bodies stream from :class:`StreamedObject`, which refills a ring
+of three 1 MiB windows from a :class:`~bench.data.PayloadSource` (never the whole object
+in memory); a window is refilled only once the transport has handed every byte of it to
+the kernel. Streamed (large) GETs over plain HTTP go through :mod:`bench.lean_get`, which
+counts the body where it lands instead of copying it into Python objects; other responses
+are drained with ``readany()``. Bodies are counted, not checked byte by byte.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import yarl
 from aiohttp.abc import AbstractStreamWriter
 
 from bench.data import PayloadSource
+from bench.lean_get import LeanGetPool, request_head
 from bench.signer import SigV4Signer, encode_path, encode_query
 from bench.units import MiB
 
@@ -77,6 +80,11 @@ class S3Client:
         self.signer = signer
         self.base = f"{url.scheme}://{url.raw_authority}"
         self.host = url.raw_authority  # exactly what goes into the Host header
+        self.lean = LeanGetPool(url.raw_host or "", url.port or 80) if url.scheme == "http" else None
+
+    def close(self) -> None:
+        if self.lean is not None:
+            self.lean.close()
 
     def _url(self, path: str, query: list[tuple[str, str]]) -> yarl.URL:
         """The request URL, encoded exactly as the signer's canonical request has it."""
@@ -123,8 +131,17 @@ class S3Client:
         return int(size or 0)
 
     async def get(self, bucket: str, key: str, *, stream: bool = True) -> int:
-        """GetObject; returns the bytes received."""
-        return await self._send("GET", f"/{bucket}/{key}", stream=stream)
+        """GetObject; returns the bytes received. A streamed GET over plain HTTP is counted
+        by the lean reader; anything else goes through aiohttp."""
+        path = f"/{bucket}/{key}"
+        if not (stream and self.lean is not None):
+            return await self._send("GET", path, stream=stream)
+        headers = self.signer.sign("GET", self.host, path, [])
+        response = await self.lean.get(request_head("GET", encode_path(path), headers))
+        if response.status != 200:
+            text = response.body[:300].decode("utf-8", "replace")
+            raise S3RequestError(f"GET {path}: HTTP {response.status} {text}")
+        return response.length
 
     async def head(self, bucket: str, key: str) -> int:
         await self._send("HEAD", f"/{bucket}/{key}")

@@ -340,28 +340,35 @@ class _Worker:
         await asyncio.gather(*(one() for _ in range(self.concurrency)))
 
     async def run(self) -> OpLog:
-        spec, shared = self.spec, self.shared
+        spec = self.spec
         signer = SigV4Signer(spec.access_key, spec.secret_key, spec.region)
         async with new_session(self.concurrency, spec.size) as session:
             client = S3Client(session, spec.endpoint, signer)
-            if spec.needs_population:
-                await self.populate(client)
-            elif spec.prepopulated:
-                self.pool = self.own_keys()
-            with shared.ready.get_lock():
-                shared.ready.value += 1
-            # Block this loop on purpose (nothing else runs until t0), but not past the parent.
-            parent = mp.parent_process()
-            while not shared.go.wait(0.5):
-                if parent is not None and not parent.is_alive():
-                    raise SystemExit("the benchmark parent process is gone")
-            self.t0 = shared.t0.value
-            if spec.duration is not None:
-                self.deadline = self.t0 + spec.duration
-            await asyncio.gather(*(self.loop(client) for _ in range(self.concurrency)))
-            if spec.cleanup:
-                await self.cleanup(client)
+            try:
+                await self._measure(client)
+            finally:
+                client.close()
         return self.log
+
+    async def _measure(self, client: S3Client) -> None:
+        spec, shared = self.spec, self.shared
+        if spec.needs_population:
+            await self.populate(client)
+        elif spec.prepopulated:
+            self.pool = self.own_keys()
+        with shared.ready.get_lock():
+            shared.ready.value += 1
+        # Block this loop on purpose (nothing else runs until t0), but not past the parent.
+        parent = mp.parent_process()
+        while not shared.go.wait(0.5):
+            if parent is not None and not parent.is_alive():
+                raise SystemExit("the benchmark parent process is gone")
+        self.t0 = shared.t0.value
+        if spec.duration is not None:
+            self.deadline = self.t0 + spec.duration
+        await asyncio.gather(*(self.loop(client) for _ in range(self.concurrency)))
+        if spec.cleanup:
+            await self.cleanup(client)
 
 
 def _worker_main(spec: LoadSpec, index: int, concurrency: int, shared: _Shared, results: Any) -> None:
