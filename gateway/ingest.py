@@ -311,14 +311,14 @@ class Ingestor:
         With ``inline`` (whole objects, never multipart parts), a body of at most
         ``inline_max`` bytes is sealed into its manifest instead of a pack.
         """
-        session = _Session(self, dedup_key)
-        chunker = StreamChunker(self.params)
         reader = _BodyReader(source, self.config.ingest_batch)
         first = await reader.first()  # nothing is stored yet: a failure here needs no cleanup
         # A batch shorter than ingest_batch is the whole body.
         inline_max = min(self.config.inline_max, self.config.ingest_batch - 1) if inline else 0
         if first is not None and 0 < len(first) <= inline_max:
             return await self._ingest_inline(first, dedup_key, digests, max_size, verify)
+        session = _Session(self, dedup_key)
+        chunker = StreamChunker(self.params)
         batch, start, first = first, 0, None
         hashing: asyncio.Future[None] | None = None
         prefetch: asyncio.Future[tuple[Buffer, int]] | None = None
