@@ -13,7 +13,7 @@ Rules that keep it exact:
 - The status line and headers go out through aiohttp (``resp.write``), and a thread
   writes only once the transport's own buffer is empty, so bytes never reorder.
 - A thread waits at most ``patience`` seconds for a full socket (a slow client). Whatever
-  it could not write goes back through the transport, which buffers it; the next piece
+  it could not write goes back through the transport, which buffers it; the next run
   waits for that buffer to drain. A slow reader therefore never ties up a send thread for
   long, and memory stays bounded by the transport's flow control, as before.
 - Runs smaller than ``min_piece`` (and everything over TLS, or where the transport has no
@@ -37,6 +37,7 @@ from aiohttp import web
 MIN_PIECE = 256 * 1024
 PATIENCE = 0.05  # seconds a send thread waits for a full socket before giving the rest back
 _FLUSH_POLL = (0.0005, 0.016)  # first and longest wait between checks of the transport buffer
+IOV_MAX = 1024  # buffers per writev (Linux's limit; a run has far fewer pieces)
 
 
 def rest_of(pieces: Sequence[memoryview], sent: int) -> list[memoryview]:
@@ -54,14 +55,14 @@ def rest_of(pieces: Sequence[memoryview], sent: int) -> list[memoryview]:
 
 def send_some(fd: int, pieces: Sequence[memoryview], patience: float) -> int:
     """Write as much of ``pieces`` to the non-blocking descriptor ``fd`` as it takes (one
-    ``writev`` per attempt), waiting up to ``patience`` seconds each time the socket is
-    full; returns the bytes written."""
+    ``writev`` of at most ``IOV_MAX`` pieces per attempt), waiting up to ``patience``
+    seconds each time the socket is full; returns the bytes written."""
     sent = 0
     left = rest_of(pieces, 0)
     poller: Any = None
     while left:
         try:
-            n = os.writev(fd, left)
+            n = os.writev(fd, left[:IOV_MAX])
         except BlockingIOError:
             if poller is None:
                 poller = select.poll()

@@ -23,7 +23,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.socket_send import ThreadedBodyWriter, rest_of, send_some
+from gateway.socket_send import IOV_MAX, ThreadedBodyWriter, rest_of, send_some
 
 MiB = 1024 * 1024
 
@@ -76,6 +76,22 @@ def _drain(sock: socket.socket, n: int, out: bytearray, delay: float = 0.0) -> N
 def test_send_some_writes_every_byte_in_order() -> None:
     a, b = _pair()
     pieces = [memoryview(os.urandom(n)) for n in (1, 700_000, 0, 3 * MiB, 12345)]
+    expected = b"".join(bytes(p) for p in pieces)
+    got = bytearray()
+    reader = threading.Thread(target=_drain, args=(b, len(expected), got))
+    reader.start()
+    try:
+        assert send_some(a.fileno(), pieces, patience=5.0) == len(expected)
+    finally:
+        reader.join(10)
+        a.close()
+        b.close()
+    assert bytes(got) == expected
+
+
+def test_send_some_splits_more_pieces_than_one_writev_takes() -> None:
+    a, b = _pair()
+    pieces = [memoryview(os.urandom(n % 97 + 1)) for n in range(3 * IOV_MAX + 5)]
     expected = b"".join(bytes(p) for p in pieces)
     got = bytearray()
     reader = threading.Thread(target=_drain, args=(b, len(expected), got))
