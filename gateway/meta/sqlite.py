@@ -256,6 +256,7 @@ class SqliteMetadataStore:
         self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._queue_lock = threading.Lock()
         self._draining = False  # a drain job is queued on, or running in, the writer thread
+        self._committing = False  # a group is being committed (what pool_usage reports)
 
     # -- plumbing -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -300,10 +301,12 @@ class SqliteMetadataStore:
                 if not batch:
                     self._draining = False
                     return
+            self._committing = True
             try:
                 outcomes = self._commit_group([fn for fn, _ in batch])
             except BaseException as exc:  # the COMMIT itself failed: nothing in the group happened
                 outcomes = [(False, exc)] * len(batch)
+            self._committing = False  # before any writer hears back
             by_loop: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
             for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
                 by_loop.setdefault(fut.get_loop(), []).append((fut, ok, value))
@@ -1142,4 +1145,4 @@ class SqliteMetadataStore:
     def pool_usage(self) -> PoolUsage:
         """The one writer connection: busy while a write group commits; ``waiting`` writes
         are queued for the next group."""
-        return PoolUsage(in_use=int(self._draining), size=1, waiting=len(self._queue))
+        return PoolUsage(in_use=int(self._committing), size=1, waiting=len(self._queue))
