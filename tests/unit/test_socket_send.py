@@ -264,7 +264,8 @@ async def test_slow_reader_gets_exact_bytes(send_pool: ThreadPoolExecutor, pause
 
 
 async def test_reader_that_hangs_up_mid_body_leaves_no_descriptor(send_pool: ThreadPoolExecutor) -> None:
-    state = _App(_runs(), send_pool)
+    # far more body than the socket buffers hold, so the server must see the hang-up
+    state = _App(_runs() + [[memoryview(os.urandom(MiB))] for _ in range(24)], send_pool, sndbuf=256 * 1024)
     fds = _open_fds()
     async for host in _serve(state):
         head, body = await asyncio.to_thread(_raw_get, host, 0.0, MiB)
