@@ -172,11 +172,14 @@ async def test_group_commit_isolates_a_failing_write(store: SqliteMetadataStore)
     assert await store.get_pack("pbad") is None
 
 
-async def test_writer_thread_answers_other_loops_and_keeps_going(store: SqliteMetadataStore) -> None:
+async def test_writer_thread_answers_other_loops_and_keeps_going(
+    store: SqliteMetadataStore, tmp_path: Path
+) -> None:
     """The writer thread drains the queue itself and answers each writer on its own loop:
     writes from another thread's loop, a writer on this loop that stalls its loop, and a
     cancelled waiter all leave every other write committed and answered."""
     import asyncio
+    import sqlite3
     import threading
     import time
 
@@ -195,8 +198,14 @@ async def test_writer_thread_answers_other_loops_and_keeps_going(store: SqliteMe
     mine = [asyncio.ensure_future(store.put_object(_version(f"mine/{i}"), EMPTY)) for i in range(30)]
     await asyncio.sleep(0)
     cancelled.cancel()
-    time.sleep(0.2)  # this loop stalls; the writer thread commits without it
-    assert store.pool_usage().waiting == 0
+    # this loop stalls (blocking sleeps); the writer thread commits its writes without it
+    committed = 0
+    deadline = time.monotonic() + 10
+    while committed < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        with sqlite3.connect(tmp_path / "meta.sqlite") as peek:
+            committed = peek.execute("SELECT count(*) FROM objects WHERE key LIKE 'mine/%'").fetchone()[0]
+    assert committed == 30
     assert all(r is None for r in await asyncio.gather(*mine))
     thread.join(10)
     assert other and all(r is None for r in other[0])
