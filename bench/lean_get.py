@@ -53,11 +53,7 @@ def _digits(text: str, least: int, most: int) -> bool:
 
 def parse_head(raw: bytes) -> Head:
     """Parse a response head (status line and headers, without the blank line)."""
-    try:
-        text = raw.decode("latin-1")
-    except UnicodeDecodeError as e:  # pragma: no cover - latin-1 decodes every byte
-        raise LeanGetError("undecodable response head") from e
-    lines = text.split("\r\n")
+    lines = raw.decode("latin-1").split("\r\n")  # latin-1 decodes every byte
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _digits(parts[1], 3, 3):
         raise LeanGetError(f"malformed status line: {lines[0][:80]!r}")

@@ -373,10 +373,11 @@ async def test_stream_runs_yields_the_range_run_by_run(env: Env, start: int, end
     await env.commit("runs", result)
     lo = start % len(body)
     hi = len(body) if end is None else end
-    runs = [run async for run in env.reader.stream_runs(result.manifest, lo, hi)]
+    reader = ChunkReader(env.real, env.meta, env.kek, env.pool, run_bytes=256 * KiB)
+    runs = [run async for run in reader.stream_runs(result.manifest, lo, hi)]
     assert b"".join(bytes(p) for run in runs for p in run) == body[lo:hi]
     assert all(run for run in runs)
-    if hi - lo > 2 * env.reader.run_bytes:
+    if hi - lo > 2 * reader.run_bytes:
         assert len(runs) > 1
 
 

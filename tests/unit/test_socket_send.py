@@ -73,25 +73,16 @@ def _drain(sock: socket.socket, n: int, out: bytearray, delay: float = 0.0) -> N
             time.sleep(delay)
 
 
-def test_send_some_writes_every_byte_in_order() -> None:
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        pytest.param([1, 700_000, 0, 3 * MiB, 12345], id="big-and-empty-pieces"),
+        pytest.param([n % 97 + 1 for n in range(3 * IOV_MAX + 5)], id="more-than-one-writev-takes"),
+    ],
+)
+def test_send_some_writes_every_byte_in_order(sizes: list[int]) -> None:
     a, b = _pair()
-    pieces = [memoryview(os.urandom(n)) for n in (1, 700_000, 0, 3 * MiB, 12345)]
-    expected = b"".join(bytes(p) for p in pieces)
-    got = bytearray()
-    reader = threading.Thread(target=_drain, args=(b, len(expected), got))
-    reader.start()
-    try:
-        assert send_some(a.fileno(), pieces, patience=5.0) == len(expected)
-    finally:
-        reader.join(10)
-        a.close()
-        b.close()
-    assert bytes(got) == expected
-
-
-def test_send_some_splits_more_pieces_than_one_writev_takes() -> None:
-    a, b = _pair()
-    pieces = [memoryview(os.urandom(n % 97 + 1)) for n in range(3 * IOV_MAX + 5)]
+    pieces = [memoryview(os.urandom(n)) for n in sizes]
     expected = b"".join(bytes(p) for p in pieces)
     got = bytearray()
     reader = threading.Thread(target=_drain, args=(b, len(expected), got))
