@@ -15,8 +15,8 @@ from crypto.kek import WrappedKey
 from dedup.manifest import Manifest
 from dedup.pack import ChunkLocation
 from gateway.meta.keyorder import prefix_successor
-from gateway.meta.models import Bucket, NewChunk, ObjectVersion, PackRecord, StagedData
-from gateway.meta.sqlite import SqliteMetadataStore
+from gateway.meta.models import Bucket, NewChunk, ObjectVersion, PackRecord, PoolUsage, StagedData
+from gateway.meta.sqlite import LIGHT_ROWS, SqliteMetadataStore
 from gateway.s3.errors import S3Error
 from gateway.s3.handlers.listing import list_page
 
@@ -172,16 +172,12 @@ async def test_group_commit_isolates_a_failing_write(store: SqliteMetadataStore)
     assert await store.get_pack("pbad") is None
 
 
-async def test_writer_thread_answers_other_loops_and_keeps_going(
-    store: SqliteMetadataStore, tmp_path: Path
-) -> None:
-    """The writer thread drains the queue itself and answers each writer on its own loop:
-    writes from another thread's loop, a writer on this loop that stalls its loop, and a
-    cancelled waiter all leave every other write committed and answered."""
+async def test_writes_from_two_loops_and_a_cancelled_waiter_all_commit(store: SqliteMetadataStore) -> None:
+    """Light writes (which run on a loop) from this loop and from another thread's loop, and
+    a waiter cancelled before its group ran: every other write is committed and answered
+    on its own loop, and the lane ends idle."""
     import asyncio
-    import sqlite3
     import threading
-    import time
 
     def other_loop() -> list[object]:
         async def writes() -> list[object]:
@@ -198,20 +194,98 @@ async def test_writer_thread_answers_other_loops_and_keeps_going(
     mine = [asyncio.ensure_future(store.put_object(_version(f"mine/{i}"), EMPTY)) for i in range(30)]
     await asyncio.sleep(0)
     cancelled.cancel()
-    # this loop stalls (blocking sleeps); the writer thread commits its writes without it
+    assert all(r is None for r in await asyncio.gather(*mine))
+    await asyncio.to_thread(thread.join, 10)
+    assert other and all(r is None for r in other[0])
+    keys = {o.key for o in await store.list_objects("bkt", "", "", False, 100)}
+    assert {f"mine/{i}" for i in range(30)} | {f"other/{i}" for i in range(30)} <= keys
+    assert store.pool_usage() == PoolUsage(0, 1, 0)
+
+
+async def test_writer_thread_commits_heavy_writes_of_a_stalled_loop(
+    store: SqliteMetadataStore, tmp_path: Path
+) -> None:
+    """Writes that are not light run whole on the writer thread, which drains the queue
+    itself: a loop that stalls (blocking sleeps) still gets its writes committed."""
+    import asyncio
+    import sqlite3
+    import time
+
+    mine = [asyncio.ensure_future(store.put_bucket_config("bkt", f"cfg{i}", "x")) for i in range(30)]
+    await asyncio.sleep(0)
     committed = 0
     deadline = time.monotonic() + 10
     while committed < 30 and time.monotonic() < deadline:
         time.sleep(0.02)
         with sqlite3.connect(tmp_path / "meta.sqlite") as peek:
-            committed = peek.execute("SELECT count(*) FROM objects WHERE key LIKE 'mine/%'").fetchone()[0]
+            committed = peek.execute("SELECT count(*) FROM bucket_configs WHERE bucket='bkt'").fetchone()[0]
     assert committed == 30
     assert all(r is None for r in await asyncio.gather(*mine))
-    thread.join(10)
-    assert other and all(r is None for r in other[0])
-    keys = {o.key for o in await store.list_objects("bkt", "", "", False, 100)}
-    assert {f"mine/{i}" for i in range(30)} | {f"other/{i}" for i in range(30)} <= keys
     assert store.pool_usage().in_use == 0
+
+
+def _heavy_staged(tag: int) -> StagedData:
+    """Staged data with more rows than a light write may touch (its put runs on the thread)."""
+    chunks = [
+        NewChunk(bytes([tag]) + i.to_bytes(31, "big"), ChunkLocation(f"heavy{tag}", i * 10, 10, 10, 1))
+        for i in range(LIGHT_ROWS + 1)
+    ]
+    return StagedData([PackRecord(f"heavy{tag}", WK, 100)], chunks)
+
+
+async def test_light_writes_run_on_the_loop_and_heavy_ones_on_the_writer_thread(
+    store: SqliteMetadataStore,
+) -> None:
+    import threading
+
+    def where(c: object) -> int:
+        return threading.get_ident()
+
+    assert await store._write(where, light=True) == threading.get_ident()
+    assert await store._write(where) != threading.get_ident()
+
+
+async def test_light_and_heavy_writes_to_one_key_commit_in_the_order_they_were_made(
+    store: SqliteMetadataStore,
+) -> None:
+    """Light puts (run on the loop) and heavy puts (run on the writer thread) of one key,
+    all queued at once: groups never overtake each other, so the last one made wins."""
+    import asyncio
+
+    order = []
+    for i in range(12):
+        heavy = i % 3 == 1
+        v = ObjectVersion("bkt", "k", "null", i, f"{i:032x}", 1.0, Manifest((), ()))
+        order.append(store.put_object(v, _heavy_staged(i) if heavy else EMPTY))
+    await asyncio.gather(*order)
+    latest = await store.get_object("bkt", "k")
+    assert latest is not None and latest.etag == f"{11:032x}" and latest.size == 11
+    assert [v.etag for v in await store.list_versions("bkt", "", "", True, "", 10)] == [f"{11:032x}"]
+
+
+async def test_a_light_group_never_waits_on_the_loop_for_another_process_lock(
+    store: SqliteMetadataStore, tmp_path: Path
+) -> None:
+    """Another process (an admin command) holds the write lock: the loop does not block in
+    BEGIN; the writer thread waits for the lock instead, and the write commits after."""
+    import asyncio
+    import sqlite3
+    import time
+
+    other = sqlite3.connect(tmp_path / "meta.sqlite", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    put = asyncio.ensure_future(store.put_object(_version("after-lock"), EMPTY))
+    ticks, start = 0, time.monotonic()
+    while time.monotonic() - start < 0.5:  # the loop keeps turning while the lock is held
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not put.done()
+    assert ticks >= 20
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(put, 10)
+    assert await store.get_object("bkt", "after-lock") is not None
+    assert store.pool_usage() == PoolUsage(0, 1, 0)
 
 
 async def test_a_writer_that_heard_back_sees_the_writer_idle(store: SqliteMetadataStore) -> None:
