@@ -160,6 +160,19 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _begin_without_waiting(conn: sqlite3.Connection) -> bool:
+    """BEGIN IMMEDIATE, unless another process holds the write lock (admin commands write
+    to the same file): then False at once, and the caller lets the writer thread wait."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+
+
 def _rollback(conn: sqlite3.Connection) -> None:
     """End a failed transaction, if one is still open."""
     if conn.in_transaction:
@@ -363,21 +376,10 @@ class SqliteMetadataStore:
             return
         assert self._wconn is not None
         conn = self._wconn
-        self._committing = True
-        # Never wait on the loop for another process's write lock (admin commands write to
-        # the same file): if BEGIN would wait, the writer thread runs the group instead.
-        conn.execute("PRAGMA busy_timeout=0")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
-            locked = True
-        else:
-            locked = False
-        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        if locked:
-            self._committing = False
+        if not _begin_without_waiting(conn):
             self._writer.submit(self._run_and_drain, batch)
             return
+        self._committing = True
         try:
             outcomes = self._run_writes(conn, [q.fn for q in batch])
         except BaseException as exc:  # a savepoint statement failed: the group is rolled back
