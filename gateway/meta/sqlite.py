@@ -274,6 +274,14 @@ _Outcome = tuple[bool, Any]  # whether a write succeeded, and its value or excep
 LIGHT_ROWS = 256
 
 
+# How long close() lets queued writes finish before failing the rest.
+CLOSE_DRAIN_SECONDS = 30.0
+
+
+def _closed_error() -> RuntimeError:
+    return RuntimeError("the metadata store is closed")
+
+
 def _settle(settled: list[_Settled]) -> None:
     """On a waiter's loop: hand each write its outcome (unless it was cancelled meanwhile)."""
     for fut, ok, value in settled:
@@ -307,6 +315,7 @@ class SqliteMetadataStore:
         self._queue_lock = threading.Lock()
         self._draining = False  # someone owns the lane: a group is queued, running or committing
         self._committing = False  # a group is being committed (what pool_usage reports)
+        self._closed = False  # close() began: no new writes are taken
 
     # -- plumbing -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -318,6 +327,20 @@ class SqliteMetadataStore:
         self._rconn = await asyncio.get_running_loop().run_in_executor(self._reader, _connect, self._path)
 
     async def close(self) -> None:
+        """Take no new writes, let the queued ones commit (or fail) as usual, then close.
+
+        Writes still queued after :data:`CLOSE_DRAIN_SECONDS` (the writer stuck behind
+        another process's lock) fail with the store's "closed" error rather than being left
+        unanswered."""
+        with self._queue_lock:
+            self._closed = True
+        deadline = time.monotonic() + CLOSE_DRAIN_SECONDS
+        while self._draining and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # light groups run on this loop: keep it turning
+        with self._queue_lock:
+            left, self._queue = self._queue, []
+        if left:
+            self._finish(left, [(False, _closed_error())] * len(left))
         for conn, pool in ((self._wconn, self._writer), (self._rconn, self._reader)):
             if conn is not None:
                 await asyncio.get_running_loop().run_in_executor(pool, conn.close)
@@ -338,6 +361,8 @@ class SqliteMetadataStore:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._queue_lock:
+            if self._closed:
+                raise _closed_error()
             self._queue.append(_Queued(fn, fut, light))
             start, self._draining = not self._draining, True
         if start:

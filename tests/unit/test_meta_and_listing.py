@@ -288,6 +288,72 @@ async def test_a_light_group_never_waits_on_the_loop_for_another_process_lock(
     assert store.pool_usage() == PoolUsage(0, 1, 0)
 
 
+async def test_close_commits_queued_writes_then_refuses_new_ones(tmp_path: Path) -> None:
+    """Writes queued when the store closes (light ones for the loop, heavy ones for the
+    thread, some behind another process's write lock) are all committed before the
+    connections close; a write after close fails at once instead of waiting forever."""
+    import asyncio
+    import sqlite3
+
+    path = tmp_path / "meta.sqlite"
+    s = SqliteMetadataStore(path)
+    await s.open()
+    await s.create_bucket(Bucket("bkt", "root", "us-east-1", 0.0))
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    writes = [
+        asyncio.ensure_future(s.put_object(_version(f"k{i}"), _heavy_staged(i) if i % 4 == 0 else EMPTY))
+        for i in range(24)
+    ]
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(s.close())
+    await asyncio.sleep(0.2)
+    assert not closing.done()  # waiting for the queued writes, which wait for the lock
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(closing, 15)
+    assert all(r is None for r in await asyncio.wait_for(asyncio.gather(*writes), 1))
+    with pytest.raises(RuntimeError, match="closed"):
+        await asyncio.wait_for(s.put_object(_version("late"), EMPTY), 1)
+    with sqlite3.connect(path) as peek:
+        keys = {r[0] for r in peek.execute("SELECT key FROM objects WHERE bucket='bkt'")}
+    assert keys == {f"k{i}" for i in range(24)}
+
+
+async def test_close_fails_writes_still_queued_after_its_drain_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group stuck behind another process's lock outlasts close()'s drain time: the writes
+    queued behind it fail with the closed error (none is left unanswered), and the stuck
+    group still commits once the lock is released."""
+    import asyncio
+    import sqlite3
+
+    from gateway.meta import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "CLOSE_DRAIN_SECONDS", 0.2)
+    path = tmp_path / "meta.sqlite"
+    s = SqliteMetadataStore(path)
+    await s.open()
+    await s.create_bucket(Bucket("bkt", "root", "us-east-1", 0.0))
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    stuck = asyncio.ensure_future(s.put_object(_version("stuck"), _heavy_staged(1)))
+    await asyncio.sleep(0.1)  # the writer thread took it and waits for the lock
+    behind = [asyncio.ensure_future(s.put_object(_version(f"behind{i}"), EMPTY)) for i in range(3)]
+    closing = asyncio.ensure_future(s.close())
+    done, _ = await asyncio.wait(behind, timeout=5)
+    assert len(done) == 3 and all("closed" in str(f.exception()) for f in behind)
+    assert not stuck.done()
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(closing, 15)
+    assert await stuck is None
+    with sqlite3.connect(path) as peek:
+        keys = {r[0] for r in peek.execute("SELECT key FROM objects WHERE bucket='bkt'")}
+    assert keys == {"stuck"}
+
+
 async def test_a_writer_that_heard_back_sees_the_writer_idle(store: SqliteMetadataStore) -> None:
     """pool_usage reports a commit in progress until before its writers are answered, so a
     writer that heard back never sees its own group as still busy (this raced once)."""
