@@ -74,6 +74,10 @@ class StorageConfig:
     # (see gateway/socket_send.py). 0 = the event loop writes every byte itself.
     send_threads: int = 8
     max_put_size: int = 5 * 1024 * MiB  # single PUT and each multipart part, as S3
+    # Local packs (the embedded backend) are written with O_DIRECT, past the page cache: on
+    # VMs where fresh guest pages are dear, large PUTs need ~40% less CPU, but a new pack is
+    # read from the disk, not the page cache, the first time (bench/README.md, session 7).
+    direct_writes: bool = False
 
     @property
     def cpu_workers(self) -> int:

@@ -85,7 +85,9 @@ def open_backend(
     b = config.backend
     check_backend_config(b)
     if not b.bucket:
-        return LocalBlobBackend(config.storage.data_dir / "blobs", clear_stale=serving)
+        return LocalBlobBackend(
+            config.storage.data_dir / "blobs", clear_stale=serving, direct_writes=config.storage.direct_writes
+        )
     spool = config.storage.data_dir / "spool"
     primary = ResilientBackend(
         S3BlobBackend(s3_settings(b, tier), spool / tier, clear_stale=serving), b, observer

@@ -2,7 +2,8 @@
 
 A real server streams multi-run objects to readers that are fast, slow, stalled for longer
 than a send thread waits, or gone mid-body; whole and ranged; with send threads and
-without (``STRATA_STORAGE_SEND_THREADS=0``). Every complete read is byte-exact, a reader
+without (``STRATA_STORAGE_SEND_THREADS=0``), and from packs written with O_DIRECT
+(``STRATA_STORAGE_DIRECT_WRITES=true``). Every complete read is byte-exact, a reader
 that hangs up costs the server nothing it keeps (its open descriptors return to where
 they were), and the server goes on serving.
 """
@@ -55,13 +56,15 @@ def _body(raw: bytes, status: int) -> bytes:
     return body
 
 
-@pytest.fixture(params=["threads", "no-threads"])
+@pytest.fixture(params=["threads", "no-threads", "direct-writes"])
 def served(
     request: pytest.FixtureRequest, strata_factory: Callable[..., StrataServer]
 ) -> tuple[StrataServer, str, bytes]:
     env = {"STRATA_STORAGE_READ_RUN": str(2 * MiB)}  # many runs per object
     if request.param == "no-threads":
         env["STRATA_STORAGE_SEND_THREADS"] = "0"
+    if request.param == "direct-writes":  # packs written past the page cache (O_DIRECT)
+        env["STRATA_STORAGE_DIRECT_WRITES"] = "true"
     server = strata_factory(extra_env=env)
     s3: Any = make_client(server)
     s3.create_bucket(Bucket="stream")

@@ -4,6 +4,7 @@ the listing engine's paging rules, checked against a brute-force model."""
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -288,19 +289,30 @@ async def test_a_light_group_never_waits_on_the_loop_for_another_process_lock(
     assert store.pool_usage() == PoolUsage(0, 1, 0)
 
 
-async def test_close_commits_queued_writes_then_refuses_new_ones(tmp_path: Path) -> None:
-    """Writes queued when the store closes (light ones for the loop, heavy ones for the
-    thread, some behind another process's write lock) are all committed before the
-    connections close; a write after close fails at once instead of waiting forever."""
-    import asyncio
-    import sqlite3
-
-    path = tmp_path / "meta.sqlite"
+async def _store_behind_a_lock(path: Path) -> tuple[SqliteMetadataStore, sqlite3.Connection]:
+    """A store with bucket "bkt", and another connection holding the write lock (an admin
+    command, say) until the caller commits and closes it."""
     s = SqliteMetadataStore(path)
     await s.open()
     await s.create_bucket(Bucket("bkt", "root", "us-east-1", 0.0))
     other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")
+    return s, other
+
+
+def _committed_keys(path: Path) -> set[str]:
+    with sqlite3.connect(path) as peek:
+        return {r[0] for r in peek.execute("SELECT key FROM objects WHERE bucket='bkt'")}
+
+
+async def test_close_commits_queued_writes_then_refuses_new_ones(tmp_path: Path) -> None:
+    """Writes queued when the store closes (light ones for the loop, heavy ones for the
+    thread, some behind another process's write lock) are all committed before the
+    connections close; a write after close fails at once instead of waiting forever."""
+    import asyncio
+
+    path = tmp_path / "meta.sqlite"
+    s, other = await _store_behind_a_lock(path)
     writes = [
         asyncio.ensure_future(s.put_object(_version(f"k{i}"), _heavy_staged(i) if i % 4 == 0 else EMPTY))
         for i in range(24)
@@ -315,9 +327,7 @@ async def test_close_commits_queued_writes_then_refuses_new_ones(tmp_path: Path)
     assert all(r is None for r in await asyncio.wait_for(asyncio.gather(*writes), 1))
     with pytest.raises(RuntimeError, match="closed"):
         await asyncio.wait_for(s.put_object(_version("late"), EMPTY), 1)
-    with sqlite3.connect(path) as peek:
-        keys = {r[0] for r in peek.execute("SELECT key FROM objects WHERE bucket='bkt'")}
-    assert keys == {f"k{i}" for i in range(24)}
+    assert _committed_keys(path) == {f"k{i}" for i in range(24)}
 
 
 async def test_close_fails_writes_still_queued_after_its_drain_time(
@@ -327,17 +337,12 @@ async def test_close_fails_writes_still_queued_after_its_drain_time(
     queued behind it fail with the closed error (none is left unanswered), and the stuck
     group still commits once the lock is released."""
     import asyncio
-    import sqlite3
 
     from gateway.meta import sqlite as sqlite_store
 
     monkeypatch.setattr(sqlite_store, "CLOSE_DRAIN_SECONDS", 0.2)
     path = tmp_path / "meta.sqlite"
-    s = SqliteMetadataStore(path)
-    await s.open()
-    await s.create_bucket(Bucket("bkt", "root", "us-east-1", 0.0))
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
+    s, other = await _store_behind_a_lock(path)
     stuck = asyncio.ensure_future(s.put_object(_version("stuck"), _heavy_staged(1)))
     await asyncio.sleep(0.1)  # the writer thread took it and waits for the lock
     behind = [asyncio.ensure_future(s.put_object(_version(f"behind{i}"), EMPTY)) for i in range(3)]
@@ -349,9 +354,7 @@ async def test_close_fails_writes_still_queued_after_its_drain_time(
     other.close()
     await asyncio.wait_for(closing, 15)
     assert await stuck is None
-    with sqlite3.connect(path) as peek:
-        keys = {r[0] for r in peek.execute("SELECT key FROM objects WHERE bucket='bkt'")}
-    assert keys == {"stuck"}
+    assert _committed_keys(path) == {"stuck"}
 
 
 async def test_a_writer_that_heard_back_sees_the_writer_idle(store: SqliteMetadataStore) -> None:
