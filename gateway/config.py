@@ -68,6 +68,9 @@ class StorageConfig:
     # and read_ahead such runs are fetched and decoded ahead of the response stream.
     read_run: int = 4 * MiB
     read_ahead: int = 3
+    # GET: decoded chunks kept in memory (bytes, 0 = off), see gateway/chunkcache.py: zstd
+    # chunks, and every chunk on remote backends. Concurrent GETs of a chunk decode it once.
+    chunk_cache: int = 64 * MiB
     # Worker threads for CPU stages (hashing, zstd, AES-GCM). 0 = one per core.
     workers: int = 0
     # GET: threads that copy large body pieces into client sockets without holding the GIL

@@ -9,6 +9,13 @@ while memory stays bounded. Unwrapped pack DEKs (and inline DEKs, see :mod:`gate
 are kept in a small in-process LRU (never in a shared cache), and concurrent requests for
 the same DEK share one unwrap. A tiny object's manifest holds its sealed data itself: it is
 opened without any lookup or read.
+
+Decoded chunks are kept in a byte-bounded :class:`~gateway.chunkcache.ChunkCache`, and
+concurrent requests for one chunk share one fetch and decode (single flight): zstd chunks
+always, raw chunks only on backends without memory maps (a local pack's raw chunks are
+served from the page cache and decrypted into recycled buffers, which is cheaper than
+keeping a copy). A request whose chunk another request was decoding waits for it; if that
+request fails or is cancelled, the waiter fetches the chunk itself.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dedup.manifest import Manifest
 from dedup.pack import FLAG_ZSTD
 from gateway.backends.base import BlobBackend, pack_blob_name
 from gateway.buffers import BufferRecycler
+from gateway.chunkcache import ChunkCache
 from gateway.meta.store import MetadataStore
 
 LOOKUP_WINDOW = 256
@@ -46,6 +54,7 @@ class ChunkReader:
         read_ahead: int = 4,
         sealer_cache: int = 512,
         run_bytes: int = 8 * 1024 * 1024,
+        chunk_cache: int = 0,
     ) -> None:
         self.backend = backend
         self.meta = meta
@@ -59,6 +68,9 @@ class ChunkReader:
         self._read: Callable[[str, int, int], Awaitable[bytes | memoryview]]
         self._read = getattr(backend, "map_range", backend.read_range)
         self._buffers = BufferRecycler()
+        self.cache = ChunkCache(chunk_cache)
+        self._cache_raw = not hasattr(backend, "map_range")  # remote reads: keep raw chunks too
+        self._inflight: dict[bytes, asyncio.Future[bytes]] = {}  # cacheable chunks being decoded
 
     async def _sealer(self, pack_id: str) -> Sealer:
         return await self._cached_sealer(pack_id, lambda: self._load_sealer(pack_id))
@@ -99,9 +111,59 @@ class ChunkReader:
         sealer = await self._cached_sealer(inline.wrapped_dek, lambda: self._unwrap(inline.wrapped_dek))
         return open_record(sealer, inline.record, manifest.chunk_ids[0])
 
+    def _cacheable(self, loc: ChunkLocation) -> bool:
+        return self.cache.capacity > 0 and (self._cache_raw or bool(loc.flags & FLAG_ZSTD))
+
     async def _run(self, ids: list[bytes], locs: list[ChunkLocation]) -> list[bytes | memoryview]:
+        """The plaintexts of one run of adjacent records: cached chunks from the cache,
+        chunks another request is decoding from that request, and the rest fetched with one
+        ranged read per stretch of adjacent records, then opened."""
+        plains: list[bytes | memoryview | None] = [None] * len(ids)
+        owned: dict[int, asyncio.Future[bytes]] = {}
+        joined: dict[int, asyncio.Future[bytes]] = {}
+        fetch: list[int] = []
+        stats = self.cache.stats
+        for i, (cid, loc) in enumerate(zip(ids, locs, strict=True)):
+            if not self._cacheable(loc):
+                fetch.append(i)
+            elif (hit := self.cache.get(cid)) is not None:
+                plains[i] = hit
+                stats.hits += 1
+            elif (flight := self._inflight.get(cid)) is not None:
+                joined[i] = flight
+                stats.shared += 1
+            else:
+                owned[i] = self._inflight[cid] = asyncio.get_running_loop().create_future()
+                fetch.append(i)
+                stats.misses += 1
+        try:
+            for lo, hi in _stretches(fetch):
+                plains[lo:hi] = await self._fetch(ids[lo:hi], locs[lo:hi])
+                for i in range(lo, hi):
+                    if i in owned:
+                        plain = plains[i]
+                        assert isinstance(plain, bytes)  # cacheable chunks are opened into bytes
+                        self.cache.put(ids[i], plain)
+                        owned[i].set_result(plain)
+        finally:
+            for i, flight in owned.items():
+                if self._inflight.get(ids[i]) is flight:
+                    del self._inflight[ids[i]]
+                flight.cancel()  # unless answered: its waiters then fetch the chunk themselves
+        for i, flight in joined.items():
+            try:
+                plains[i] = await asyncio.shield(flight)
+            except asyncio.CancelledError:
+                if not flight.cancelled():
+                    raise  # this request was cancelled, not the one it waited for
+                plains[i] = (await self._fetch(ids[i : i + 1], locs[i : i + 1]))[0]
+        done = [p for p in plains if p is not None]
+        assert len(done) == len(plains)
+        return done
+
+    async def _fetch(self, ids: list[bytes], locs: list[ChunkLocation]) -> list[bytes | memoryview]:
         """Fetch adjacent records of one pack with one ranged read, then open them all
-        (uncompressed ones into recycled buffers)."""
+        (uncompressed ones that are not cached into recycled buffers)."""
         first, last = locs[0], locs[-1]
         sealer, blob = await asyncio.gather(
             self._sealer(first.pack_id),
@@ -109,7 +171,10 @@ class ChunkReader:
         )
         if len(blob) < INLINE_OPEN:  # a small record: opening it costs less than a thread hop
             return _open_run(sealer, memoryview(blob), first.offset, ids, locs, [None] * len(locs))
-        outs = [None if loc.flags & FLAG_ZSTD else self._buffers.take(loc.plain_len) for loc in locs]
+        outs = [
+            None if loc.flags & FLAG_ZSTD or self._cacheable(loc) else self._buffers.take(loc.plain_len)
+            for loc in locs
+        ]
         return await asyncio.get_running_loop().run_in_executor(
             self.pool, _open_run, sealer, memoryview(blob), first.offset, ids, locs, outs
         )
@@ -211,3 +276,15 @@ def _open_run(
         open_record(sealer, blob[loc.offset - base : loc.offset - base + loc.length], cid, out)
         for cid, loc, out in zip(ids, locs, outs, strict=True)
     ]
+
+
+def _stretches(indexes: list[int]) -> list[tuple[int, int]]:
+    """``[lo, hi)`` bounds of the maximal stretches of consecutive numbers in ``indexes``
+    (ascending): the records of a run that are fetched together."""
+    out: list[tuple[int, int]] = []
+    for i in indexes:
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out

@@ -56,6 +56,16 @@ class Runtime:
         backend = open_backend(config, metrics)  # metrics observe backend requests and breaker
         pool = ThreadPoolExecutor(max_workers=config.storage.cpu_workers, thread_name_prefix="cpu")
         sends = config.storage.send_threads
+        reader = ChunkReader(
+            backend,
+            meta,
+            kek,
+            pool,
+            config.storage.read_ahead,
+            run_bytes=config.storage.read_run,
+            chunk_cache=config.storage.chunk_cache,
+        )
+        metrics.watch_chunk_cache(reader.cache)
         return cls(
             config=config,
             meta=meta,
@@ -66,9 +76,7 @@ class Runtime:
             identities=Identities(meta, kek),
             ingestor=Ingestor(backend, meta, kek, pool, config.storage, on_ingest=metrics.ingested),
             events=open_sink(config),
-            reader=ChunkReader(
-                backend, meta, kek, pool, config.storage.read_ahead, run_bytes=config.storage.read_run
-            ),
+            reader=reader,
             metrics=metrics,
             audit=AuditLog(meta, metrics, enabled=config.log.audit),
         )

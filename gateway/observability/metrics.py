@@ -11,7 +11,8 @@ default registry, so several apps in one process do not collide).
   and :meth:`Metrics.breaker`;
 * :func:`refresh_storage` (a background task): the storage gauges from one store aggregate
   every ~30 s, never per scrape, and the data dir's disk capacity;
-* at scrape time, cheap callbacks only: uploads in flight, the metadata pool's usage.
+* at scrape time, cheap callbacks only: uploads in flight, the metadata pool's usage, the
+  GET chunk cache's counters and size (:meth:`Metrics.watch_chunk_cache`).
 
 Labels are bounded: operation names come from the router, error types from the S3 error
 table or the backend's exception class names, each capped by :class:`BoundedLabel`. Bucket
@@ -23,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
+from gateway.chunkcache import ChunkCache
 from gateway.meta.models import PoolUsage
 from gateway.meta.store import MetadataStore, StorageStats
 from gateway.observability.record import DOWNLOAD_OPERATIONS, UPLOAD_OPERATIONS, RequestRecord, current
@@ -67,6 +71,24 @@ class BoundedLabel:
 def ratio(numerator: int, denominator: int) -> float:
     """``numerator / denominator``, 1.0 when there is nothing to divide (no data yet)."""
     return numerator / denominator if denominator > 0 else 1.0
+
+
+class _ChunkCacheCollector(Collector):
+    """``chunk_cache_{hits,misses,shared}_total`` and ``chunk_cache_bytes`` at scrape."""
+
+    def __init__(self, cache: ChunkCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._cache.stats
+        for name, doc, value in (
+            ("chunk_cache_hits", "GET chunks answered from the chunk cache.", stats.hits),
+            ("chunk_cache_misses", "Cacheable GET chunks fetched and decoded.", stats.misses),
+            ("chunk_cache_shared", "GET chunks another request was already decoding.", stats.shared),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        held = self._cache.held_bytes
+        yield GaugeMetricFamily("chunk_cache_bytes", "Plaintext bytes held by the chunk cache.", value=held)
 
 
 class Metrics:
@@ -184,6 +206,10 @@ class Metrics:
     def watch_pool(self, usage: Callable[[], PoolUsage]) -> None:
         """Read the metadata pool gauges from ``usage`` (the store's ``pool_usage``) at scrape."""
         self._pool = usage
+
+    def watch_chunk_cache(self, cache: ChunkCache) -> None:
+        """Export the GET chunk cache's counters and size, read at scrape."""
+        self.registry.register(_ChunkCacheCollector(cache))
 
     def _pool_usage(self) -> PoolUsage:
         if self._pool is None:
