@@ -141,8 +141,10 @@ class ChunkReader:
                 plains[lo:hi] = await self._fetch(ids[lo:hi], locs[lo:hi])
                 for i in range(lo, hi):
                     if i in owned:
-                        plain = plains[i]
-                        assert isinstance(plain, bytes)  # cacheable chunks are opened into bytes
+                        opened = plains[i]  # cacheable chunks are opened into new bytes
+                        assert opened is not None
+                        plain = opened if isinstance(opened, bytes) else bytes(opened)
+                        plains[i] = plain
                         self.cache.put(ids[i], plain)
                         owned[i].set_result(plain)
         finally:
