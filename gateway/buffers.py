@@ -10,6 +10,8 @@ sent yet after ``write()`` returns, and a CopyObject reader may hold a view too.
 reused only when no view of it is alive any more. A ``bytearray`` refuses to be resized while
 any view of it exists: that refusal is the test, exact and cheap. Nothing is ever read from a
 buffer before a record has been decrypted over the part of it that is handed out.
+
+:func:`byte_view` is the gateway's one way to see any buffer as flat bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from collections.abc import Iterable
 
 MiB = 1024 * 1024
 GRAIN = 256 * 1024  # buffers are allocated in multiples of this, so they fit more chunks
+
+
+def byte_view(piece: bytes | bytearray | memoryview) -> memoryview:
+    """``piece`` as a flat view of bytes (no copy), whatever its format or shape, so that
+    ``len()`` and slices count bytes."""
+    view = piece if isinstance(piece, memoryview) else memoryview(piece)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def unviewed(buf: bytearray) -> bool:

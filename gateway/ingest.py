@@ -40,6 +40,7 @@ from crypto import KEKProvider
 from dedup import chunk_id
 from dedup.manifest import Manifest
 from gateway.backends.base import BlobBackend
+from gateway.buffers import byte_view
 from gateway.config import StorageConfig
 from gateway.inline import InlineKeys
 from gateway.meta.models import NewChunk, PackRecord, StagedData
@@ -84,11 +85,6 @@ FIRST_GATHER = 256 * 1024
 FIRST_BUFFER = 1024 * 1024
 
 
-def _flat(piece: Buffer) -> memoryview:
-    view = piece if isinstance(piece, memoryview) else memoryview(piece)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
-
-
 class _BodyReader:
     """Reads a body into batches: each one buffer, allocated once at its final size.
 
@@ -112,7 +108,7 @@ class _BodyReader:
             if piece is None:
                 self.done = True
             elif len(piece):
-                return _flat(piece)
+                return byte_view(piece)
         return None
 
     async def first(self) -> Buffer | None:
@@ -133,7 +129,7 @@ class _BodyReader:
             piece = await self._piece()
             if piece is not None:
                 self._pending.appendleft(piece)
-                batch, _ = await self.fill(_flat(batch))
+                batch, _ = await self.fill(byte_view(batch))
         return batch
 
     async def fill(self, carry: memoryview, size: int | None = None) -> tuple[Buffer, int]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.backends.base import BlobInfo
+from gateway.buffers import byte_view
 from gateway.libc import function
 
 T = TypeVar("T")
@@ -171,12 +172,6 @@ def _create(path: Path, direct: bool) -> tuple[int, bool]:
     return os.open(path, flags, 0o600), False
 
 
-def _flat(piece: bytes | bytearray | memoryview) -> memoryview:
-    """A byte view of ``piece`` (lengths below count bytes, whatever its format)."""
-    view = memoryview(piece)
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
-
-
 class LocalBlobWriter:
     """Streams one blob into a temp file and publishes it on commit.
 
@@ -210,7 +205,7 @@ class LocalBlobWriter:
         """Append several buffers with one thread hop (os.writev, no joining copy)."""
 
         def write() -> None:
-            views = [_flat(p) for p in pieces if len(p)]
+            views = [byte_view(p) for p in pieces if len(p)]
             start = self._size
             self._size += sum(len(v) for v in views)
             if self._direct is not None:
