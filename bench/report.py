@@ -205,4 +205,7 @@ def suite_markdown(doc: dict[str, Any]) -> str:
         lines.append(f"| `{name}` | {value:.3f} | {sign} {target:.2f} |")
     for name, value in doc.get("info_ratios", {}).items():
         lines.append(f"| `{name}` | {value:.3f} | (info) |")
+    notes = doc.get("notes") or []
+    if notes:
+        lines += ["", *(f"* {note}" for note in notes)]
     return "\n".join(lines) + "\n"

@@ -16,10 +16,27 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Settings a started server takes from the benchmark's own environment are reported with
+# the results; values are shown unless the name suggests a secret or a connection string.
+_SECRET_WORDS = ("SECRET", "KEY", "KMS", "PASSWORD", "TOKEN", "DSN", "URL", "BOOTSTRAP", "ENDPOINT")
+_OWN = ("STRATA_ROOT_ACCESS_KEY", "STRATA_ROOT_SECRET_KEY")  # set by StrataServer itself
+
+
+def inherited_settings(environ: Mapping[str, str]) -> list[str]:
+    """The ``STRATA_*`` settings a :class:`StrataServer` inherits from ``environ``, sorted,
+    as ``NAME=value`` (``NAME=(set)`` where the value may be a secret)."""
+    out = []
+    for name in sorted(environ):
+        if not name.startswith("STRATA_") or name in _OWN:
+            continue
+        hidden = any(word in name for word in _SECRET_WORDS)
+        out.append(f"{name}={'(set)' if hidden else environ[name]}")
+    return out
 
 
 def free_port() -> int:

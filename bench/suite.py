@@ -29,6 +29,7 @@ seconds long and measures random data only.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from bench.corpus import CorpusSpec
 from bench.dedup import DedupSpec, local_meter, run_dedup
 from bench.load import LoadSpec, run_load
 from bench.report import run_rows, table
-from bench.server import NoopServer, StrataServer
+from bench.server import NoopServer, StrataServer, inherited_settings
 from bench.small import SmallSpec, run_small
 from bench.stats import Summary
 from bench.units import GiB, MiB
@@ -157,6 +158,9 @@ class Suite:
         if not self.endpoint:
             self._tmp = tempfile.mkdtemp(prefix="strata-bench-")
             self.server = StrataServer(Path(self._tmp) / "data").start()
+            settings = inherited_settings(os.environ)
+            if settings:
+                self.result.notes.append(f"server settings from the environment: {', '.join(settings)}")
             self.endpoint = self.server.endpoint
             self.access_key, self.secret_key = self.server.access_key, self.server.secret_key
             self.data_dir = str(self.server.data_dir)

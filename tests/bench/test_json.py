@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.server import NoopServer
+from bench.report import suite_markdown
+from bench.server import NoopServer, inherited_settings
 from bench.stats import OpLog, summarize
 
 REQUIRED = {
@@ -133,3 +134,36 @@ def test_ceiling_writes_json(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["encode_mb_per_s"] > 0 and doc["decode_mb_per_s"] > 0
     assert doc["data"] == "random" and doc["size"] == 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, []),
+        ({"PATH": "/bin", "HOME": "/root"}, []),
+        (
+            {"STRATA_STORAGE_DIRECT_WRITES": "true", "STRATA_STORAGE_CHUNK_CACHE": "0"},
+            ["STRATA_STORAGE_CHUNK_CACHE=0", "STRATA_STORAGE_DIRECT_WRITES=true"],
+        ),
+        ({"STRATA_ROOT_ACCESS_KEY": "A", "STRATA_ROOT_SECRET_KEY": "S"}, []),  # the bench sets its own
+        (
+            {
+                "STRATA_META_DSNS": "postgresql://u:pw@h/db",
+                "STRATA_REDIS_URL": "redis://:pw@h",
+                "STRATA_KMS_KEY": "k",
+                "STRATA_KMS": "alias/strata",
+            },
+            ["STRATA_KMS=(set)", "STRATA_KMS_KEY=(set)", "STRATA_META_DSNS=(set)", "STRATA_REDIS_URL=(set)"],
+        ),
+    ],
+)
+def test_settings_a_started_server_inherits_are_reported_without_secrets(
+    environ: dict[str, str], expected: list[str]
+) -> None:
+    assert inherited_settings(environ) == expected
+
+
+def test_suite_markdown_lists_the_notes() -> None:
+    doc = {"runs": [], "ratios": {}, "targets": {}, "notes": ["server settings from the environment: X=1"]}
+    assert suite_markdown(doc).endswith("\n* server settings from the environment: X=1\n")
+    assert "* " not in suite_markdown({**doc, "notes": []})
