@@ -459,6 +459,7 @@ PASS_THROUGH = frozenset(
         "claim_relay",
         "release_relay",
         "trim_outbox",
+        "expire_outbox",
         "append_audit",
         "read_audit",
         "ping",

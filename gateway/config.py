@@ -121,6 +121,9 @@ class KafkaConfig:
     topic: str = "strata-events"  # default topic; buckets may choose their own
     relay_batch: int = 500
     relay_interval: float = 0.2  # seconds between outbox polls when idle
+    # Seconds an outbox row is kept (0 = forever). With a broker only published rows expire;
+    # without one nothing reads the outbox, so every row this old goes (gateway/events.py).
+    outbox_retention: float = 7 * 86400.0
 
 
 @dataclass(frozen=True)

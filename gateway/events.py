@@ -4,8 +4,8 @@ them, and the relay that moves them from the outbox to a sink.
 Every metadata change writes an outbox row in the transaction that makes it (see the
 metadata store), so an acknowledged change always has its event. With
 ``kafka.bootstrap`` set, :class:`OutboxRelay` runs inside ``strata serve`` and publishes the
-rows to Kafka through :class:`KafkaSink`; without it, rows stay in the outbox (where the
-native sync feed reads them) and nothing is published.
+rows to Kafka through :class:`KafkaSink`; without it, nothing is published and rows stay in
+the outbox (readable through the store) until they expire.
 
 Delivery contract
 -----------------
@@ -22,6 +22,9 @@ Delivery contract
   a consumer which of two records of a key is newer, as in S3.
 * **Writes never wait for the broker.** Requests only insert outbox rows; while the broker is
   down rows accumulate and are published when it returns.
+* **Rows expire** after ``kafka.outbox_retention`` (7 days): published rows only when a
+  broker is configured (an unpublished row is kept however old it is), every row otherwise,
+  since then nothing reads them (:func:`expire_outbox_periodically`).
 * **One active relay per outbox shard** across processes: a lease row (owner, expiry) is
   claimed and renewed through the store; a process that stops renewing is replaced once its
   lease expires (:data:`LEASE_SECONDS`).
@@ -70,6 +73,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("strata.events")
 
 LEASE_SECONDS = 30.0  # a relay that stops renewing is replaced after this long
+EXPIRY_INTERVAL = 300.0  # seconds between outbox expiry rounds
+EXPIRY_BATCH = 1000  # outbox rows deleted per statement
 BACKOFF_MAX = 5.0  # seconds between retries while the broker or the store fails
 DEFAULT_CONFIGURATION_ID = "strata-default"  # s3.configurationId of default-topic records
 NOTIFICATION_CONFIG = "notification"  # the bucket config document name
@@ -113,8 +118,8 @@ class EventSink(Protocol):
 
 
 class OutboxOnlySink:
-    """The embedded default: events stay in the outbox table, where the native sync feed
-    and ``strata`` admin commands can read them."""
+    """The embedded default: events stay in the outbox table (readable through the store)
+    until they expire (``kafka.outbox_retention``)."""
 
     async def publish(self, messages: Sequence[EventMessage]) -> None:
         return None
@@ -383,6 +388,44 @@ def advance_to(rows: Sequence[OutboxEvent], counts: Sequence[int], acked: int) -
         acked -= count
         last = row.seq
     return last
+
+
+async def expire_outbox_once(
+    store: MetadataStore,
+    retention: float,
+    published_only: bool,
+    *,
+    now: float | None = None,
+    batch: int = EXPIRY_BATCH,
+) -> int:
+    """Delete the outbox rows of every shard created more than ``retention`` seconds before
+    ``now`` (only those the relay published, with ``published_only``), oldest first, in
+    statements of at most ``batch`` rows; how many went."""
+    cutoff = (time.time() if now is None else now) - retention
+    total = 0
+    for shard in range(await store.outbox_shards()):
+        while True:
+            gone = await store.expire_outbox(shard, cutoff, batch, published_only)
+            total += gone
+            if gone < batch:  # the oldest rows left are newer (or unpublished)
+                break
+            await asyncio.sleep(0)
+    return total
+
+
+async def expire_outbox_periodically(store: MetadataStore, config: KafkaConfig) -> None:
+    """Keep the outbox to ``config.outbox_retention`` seconds, a round every
+    :data:`EXPIRY_INTERVAL` (runs inside ``strata serve``; several processes may run it)."""
+    if config.outbox_retention <= 0:
+        return
+    while True:
+        try:
+            gone = await expire_outbox_once(store, config.outbox_retention, bool(config.bootstrap))
+            if gone:
+                log.info("outbox: %d rows older than %.0f s expired", gone, config.outbox_retention)
+        except Exception as exc:  # the store is down: try again next round
+            log.warning("outbox expiry: %s; retrying in %.0f s", exc, EXPIRY_INTERVAL)
+        await asyncio.sleep(EXPIRY_INTERVAL)
 
 
 class OutboxRelay:

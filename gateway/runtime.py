@@ -19,7 +19,7 @@ from gateway.backends.base import BlobBackend
 from gateway.backends.factory import backend_jobs, open_backend
 from gateway.cache import CachedMetadataStore, open_cache
 from gateway.config import Config
-from gateway.events import EventSink, OutboxRelay, open_sink
+from gateway.events import EventSink, OutboxRelay, expire_outbox_periodically, open_sink
 from gateway.identity import Identities
 from gateway.ingest import Ingestor
 from gateway.kek import close_kek, open_kek
@@ -89,6 +89,7 @@ class Runtime:
             self.spawn(job)
         if self.config.kafka.bootstrap:  # publish the outbox to Kafka
             self.spawn(OutboxRelay(self.meta, self.events, self.config).run())
+        self.spawn(expire_outbox_periodically(self.meta, self.config.kafka))
         from gateway.maintenance import gc, keys
 
         self.spawn(keys.follow_keyring(self.kek))  # new wraps use the version `keys rotate` adds

@@ -1024,6 +1024,21 @@ class PostgresMetadataStore:
             limit,
         )
 
+    async def expire_outbox(self, shard: int, created_before: float, limit: int, published_only: bool) -> int:
+        """Delete those of the ``limit`` oldest outbox rows (by insertion) that were created
+        before ``created_before`` and, with ``published_only``, that the relay published (a
+        row not yet sequenced never is). A bounded scan, however long the outbox is."""
+        return await self._insert(
+            shard,
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM (SELECT id, seq, created FROM outbox "
+            "ORDER BY id LIMIT $1) o WHERE created < $2 AND (NOT $3 OR seq <= "
+            "(SELECT COALESCE(MAX(cursor), 0) FROM relay_state WHERE shard = $4)))",
+            limit,
+            created_before,
+            published_only,
+            shard,
+        )
+
     # -- audit log (catalog shard) ------------------------------------------------------
     _AUDIT_COLS = (
         "time, request_id, user_name, access_key, action, bucket, key, version_id, ip, user_agent, status"

@@ -1250,6 +1250,21 @@ class SqliteMetadataStore:
             )
         )
 
+    async def expire_outbox(self, shard: int, created_before: float, limit: int, published_only: bool) -> int:
+        """Delete those of the ``limit`` oldest outbox rows that were created before
+        ``created_before`` (and, with ``published_only``, that the relay published). Only the
+        oldest rows are looked at, so a call costs the same however long the outbox is."""
+        return await self._write(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM (SELECT seq, created FROM outbox "
+                    "ORDER BY seq LIMIT ?) WHERE created < ? AND (NOT ? OR seq <= "
+                    "(SELECT COALESCE(MAX(cursor), 0) FROM relay_state WHERE shard=?)))",
+                    (limit, created_before, published_only, shard),
+                ).rowcount
+            )
+        )
+
     # -- audit log ----------------------------------------------------------------------
     _AUDIT_COLS = (
         "time, request_id, user, access_key, action, bucket, key, version_id, ip, user_agent, status"

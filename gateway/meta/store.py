@@ -119,6 +119,9 @@ class MetadataStore(Protocol):
     async def claim_relay(self, shard: int, owner: str, ttl_seconds: float) -> bool: ...  # take/renew
     async def release_relay(self, shard: int, owner: str) -> None: ...  # only if ``owner`` holds it
     async def trim_outbox(self, shard: int, before: int, limit: int) -> int: ...  # published rows only
+    async def expire_outbox(
+        self, shard: int, created_before: float, limit: int, published_only: bool
+    ) -> int: ...  # of the oldest ``limit`` rows, those created before; published ones only if asked
 
     # audit log (gateway/observability/audit.py batches records into one call): each record
     # becomes an ``audit`` row and an outbox row (``AuditRecord.to_event()``), in one transaction

@@ -542,6 +542,27 @@ async def test_relay_cursor_lease_and_trim(open_store: StoreOpener) -> None:
     assert [e.body["key"] for e in newest] == ["k9"] and newest[0].seq > rows[-1].seq
 
 
+async def test_expiring_outbox_rows_oldest_first_published_only_if_asked(open_store: StoreOpener) -> None:
+    """Retention (gateway/events.py, ``expire_outbox_once``): rows created before the cutoff
+    go, oldest first, looking at no more than ``limit`` rows; with ``published_only`` a row
+    the relay has not published stays however old it is."""
+    a = await open_store()
+    assert await a.create_bucket(Bucket("bkt", "root", "us-east-1", 0.0))
+    for i in range(6):
+        await a.put_object(_version(f"k{i}"), EMPTY)
+        await asyncio.sleep(0.01)  # distinct creation times
+    [shard] = [s for s in range(await a.outbox_shards()) if await a.read_outbox(0, 1, s)]
+    rows = await a.read_outbox(0, 100, shard)
+    assert len(rows) == 6
+    cutoff = rows[4].created  # rows 0-3 are older
+    await a.advance_relay_cursor(shard, rows[1].seq)
+    assert await a.expire_outbox(shard, cutoff, 100, published_only=True) == 2  # 2 and 3 unpublished
+    assert await a.expire_outbox(shard, cutoff, 1, published_only=False) == 1  # the oldest row only
+    assert await a.expire_outbox(shard, cutoff, 100, published_only=False) == 1
+    assert await a.expire_outbox(shard, cutoff, 100, published_only=False) == 0
+    assert [r.seq for r in await a.read_outbox(0, 100, shard)] == [rows[4].seq, rows[5].seq]
+
+
 async def test_audit_records_and_their_events(store: MetadataStore) -> None:
     records = [
         AuditRecord(

@@ -26,6 +26,7 @@ from gateway.events import (
     PublishError,
     advance_to,
     encode_key,
+    expire_outbox_once,
     messages_for,
     s3_record,
     sequencer,
@@ -447,6 +448,59 @@ async def test_trim_removes_only_published_rows(store: SqliteMetadataStore) -> N
     assert await store.trim_outbox(0, seqs[-1] + 1, 2) == 2  # limit
     assert await store.trim_outbox(0, seqs[-1] + 1, 100) == 1
     assert [e.seq for e in await store.read_outbox(0, 10)] == seqs[3:]
+
+
+async def test_expiry_removes_rows_past_retention_in_batches(store: SqliteMetadataStore) -> None:
+    for i in range(5):
+        await put(store, f"k{i}", f"{i:032x}")
+    rows = await store.read_outbox(0, 10)
+    now = rows[-1].created
+    assert await expire_outbox_once(store, 60.0, False, now=now) == 0  # all younger than a minute
+    assert await expire_outbox_once(store, 60.0, True, now=now + 61) == 0  # none published
+    await store.advance_relay_cursor(0, rows[1].seq)
+    assert await expire_outbox_once(store, 60.0, True, now=now + 61, batch=1) == 2  # published ones
+    assert await expire_outbox_once(store, 60.0, False, now=now + 61, batch=2) == 3  # two rounds
+    assert await store.read_outbox(0, 10) == []
+
+
+async def test_expiry_job_keeps_the_outbox_to_its_retention(
+    store: SqliteMetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serve-time job: expired rows go at once and on every later round; an error is
+    logged and retried; a retention of 0 keeps everything."""
+    import asyncio
+
+    from gateway import events
+
+    monkeypatch.setattr(events, "EXPIRY_INTERVAL", 0.05)
+    real, failures = store.expire_outbox, [0]
+
+    async def fails_once(*args: Any) -> int:
+        if not failures[0]:
+            failures[0] += 1
+            raise OSError("database is locked")
+        return await real(*args)
+
+    monkeypatch.setattr(store, "expire_outbox", fails_once)
+    await put(store, "old", "0" * 32)
+    assert await events.expire_outbox_periodically(store, KafkaConfig(outbox_retention=0)) is None  # off
+    assert len(await store.read_outbox(0, 10)) == 1
+    job = asyncio.ensure_future(events.expire_outbox_periodically(store, KafkaConfig(outbox_retention=0.01)))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not await store.read_outbox(0, 10):
+                break
+        assert await store.read_outbox(0, 10) == []
+        await put(store, "later", "1" * 32)  # expired by a later round
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not await store.read_outbox(0, 10):
+                break
+        assert await store.read_outbox(0, 10) == []
+        assert failures == [1] and not job.done()  # the failed round was retried
+    finally:
+        job.cancel()
 
 
 # --------------------------------------------------------------------------- the relay loop
