@@ -75,6 +75,7 @@ log = logging.getLogger("strata.events")
 LEASE_SECONDS = 30.0  # a relay that stops renewing is replaced after this long
 EXPIRY_INTERVAL = 300.0  # seconds between outbox expiry rounds
 EXPIRY_BATCH = 1000  # outbox rows deleted per statement
+EXPIRY_PAUSE = 0.01  # seconds between two statements of a round, so writes of requests go first
 BACKOFF_MAX = 5.0  # seconds between retries while the broker or the store fails
 DEFAULT_CONFIGURATION_ID = "strata-default"  # s3.configurationId of default-topic records
 NOTIFICATION_CONFIG = "notification"  # the bucket config document name
@@ -409,7 +410,7 @@ async def expire_outbox_once(
             total += gone
             if gone < batch:  # the oldest rows left are newer (or unpublished)
                 break
-            await asyncio.sleep(0)
+            await asyncio.sleep(EXPIRY_PAUSE)
     return total
 
 
