@@ -204,22 +204,36 @@ def _first_open_stalls(monkeypatch: pytest.MonkeyPatch, then: Callable[[], objec
     return gate
 
 
-async def _waiter_behind(env: Env, monkeypatch: pytest.MonkeyPatch, then: Callable[[], object]) -> None:
-    """Request A owns the first run's chunks and stalls; request B waits on them; A then
-    fails (``then`` raises) or is cancelled (``then`` returns): B still reads everything."""
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Let the loop run until ``condition`` holds (fails after ``timeout`` seconds)."""
+    for _ in range(int(timeout / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+async def _waiter_behind(env: Env, monkeypatch: pytest.MonkeyPatch, owner_fails: bool) -> None:
+    """Request A owns the first run's chunks and stalls; request B waits on them; then A
+    fails (its read raises) or is cancelled: either way B still reads everything."""
+
+    def fail() -> None:
+        raise OSError("the pack read failed")
+
     body = text(2 * MiB, 5)
     result = await env.store("t", body)
     reader = env.reader()
-    gate = _first_open_stalls(monkeypatch, then)
+    gate = _first_open_stalls(monkeypatch, fail if owner_fails else lambda: None)
     a = asyncio.ensure_future(read(reader, result))
-    await asyncio.sleep(0.05)
+    await _until(lambda: bool(reader._inflight))  # A owns chunks now
     b = asyncio.ensure_future(read(reader, result))
-    await asyncio.sleep(0.05)
-    assert reader.cache.stats.shared > 0 and not b.done()
-    a.cancel()
+    await _until(lambda: reader.cache.stats.shared > 0)  # B waits on one of them
+    assert not b.done()
+    if not owner_fails:
+        a.cancel()
     gate.set()
     assert await asyncio.wait_for(b, 10) == body
-    with pytest.raises((asyncio.CancelledError, OSError)):
+    with pytest.raises(OSError if owner_fails else asyncio.CancelledError):
         await a
     assert reader._inflight == {}
 
@@ -227,16 +241,13 @@ async def _waiter_behind(env: Env, monkeypatch: pytest.MonkeyPatch, then: Callab
 async def test_a_waiter_reads_on_when_the_request_it_waited_on_is_cancelled(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await _waiter_behind(env, monkeypatch, lambda: None)
+    await _waiter_behind(env, monkeypatch, owner_fails=False)
 
 
 async def test_a_waiter_reads_on_when_the_request_it_waited_on_fails(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fail() -> None:
-        raise OSError("the pack read failed")
-
-    await _waiter_behind(env, monkeypatch, fail)
+    await _waiter_behind(env, monkeypatch, owner_fails=True)
 
 
 async def test_a_cancelled_waiter_is_cancelled_and_the_request_it_waited_on_reads_on(
@@ -247,10 +258,9 @@ async def test_a_cancelled_waiter_is_cancelled_and_the_request_it_waited_on_read
     reader = env.reader()
     gate = _first_open_stalls(monkeypatch, lambda: None)
     a = asyncio.ensure_future(read(reader, result))
-    await asyncio.sleep(0.05)
+    await _until(lambda: bool(reader._inflight))
     b = asyncio.ensure_future(read(reader, result))
-    await asyncio.sleep(0.05)
-    assert reader.cache.stats.shared > 0
+    await _until(lambda: reader.cache.stats.shared > 0)
     b.cancel()
     with pytest.raises(asyncio.CancelledError):
         await b

@@ -344,7 +344,11 @@ async def test_close_fails_writes_still_queued_after_its_drain_time(
     path = tmp_path / "meta.sqlite"
     s, other = await _store_behind_a_lock(path)
     stuck = asyncio.ensure_future(s.put_object(_version("stuck"), _heavy_staged(1)))
-    await asyncio.sleep(0.1)  # the writer thread took it and waits for the lock
+    for _ in range(2000):  # until it was queued and the writer thread took it (to wait for the lock)
+        if s._draining and not s._queue:
+            break
+        await asyncio.sleep(0.005)
+    assert s._draining and not s._queue
     behind = [asyncio.ensure_future(s.put_object(_version(f"behind{i}"), EMPTY)) for i in range(3)]
     closing = asyncio.ensure_future(s.close())
     done, _ = await asyncio.wait(behind, timeout=5)
