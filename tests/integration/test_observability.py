@@ -128,6 +128,32 @@ def test_metrics_count_uploads_downloads_and_dedup(strata_factory: Callable[...,
     assert not [v for v in label_values if bucket in v or key in v or "obs-" in v]
 
 
+def test_chunk_cache_metrics_follow_gets(strata_factory: Callable[..., StrataServer]) -> None:
+    """boto3 reads a compressible object twice: the first GET decodes its chunks into the
+    chunk cache, the second is answered from it, byte-exact both times."""
+    server = strata_factory()
+    s3 = client(server)
+    bucket, key = names()
+    s3.create_bucket(Bucket=bucket)
+    body = b"".join(b"line %d of a compressible object\n" % i for i in range(100_000))  # ~3.3 MB
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    _, before = scrape(server)
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+    _, first = scrape(server)
+    assert s3.get_object(Bucket=bucket, Key=key, Range="bytes=1000-")["Body"].read() == body[1000:]
+    families, second = scrape(server)
+
+    def delta(a: Samples, b: Samples, name: str) -> float:
+        return sample(b, name) - sample(a, name)
+
+    assert {"chunk_cache_hits", "chunk_cache_misses", "chunk_cache_shared", "chunk_cache_bytes"} <= families
+    decoded = delta(before, first, "chunk_cache_misses_total")
+    assert decoded > 1 and delta(before, first, "chunk_cache_hits_total") == 0
+    assert sample(first, "chunk_cache_bytes") == len(body)  # every chunk, as plaintext
+    assert delta(first, second, "chunk_cache_hits_total") == decoded  # the range covers every chunk
+    assert delta(first, second, "chunk_cache_misses_total") == 0
+
+
 def test_storage_gauges_come_from_the_store(tmp_path: Path) -> None:
     body = os.urandom(300_000)
     with StrataServer(tmp_path / "data", log_path=tmp_path / "first.log") as server:

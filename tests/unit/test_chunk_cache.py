@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.waiting import eventually
 
 from crypto.kek import KEKProvider
 from gateway import readpath
@@ -204,15 +205,6 @@ def _first_open_stalls(monkeypatch: pytest.MonkeyPatch, then: Callable[[], objec
     return gate
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Let the loop run until ``condition`` holds (fails after ``timeout`` seconds)."""
-    for _ in range(int(timeout / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
-
-
 async def _waiter_behind(env: Env, monkeypatch: pytest.MonkeyPatch, owner_fails: bool) -> None:
     """Request A owns the first run's chunks and stalls; request B waits on them; then A
     fails (its read raises) or is cancelled: either way B still reads everything."""
@@ -225,9 +217,9 @@ async def _waiter_behind(env: Env, monkeypatch: pytest.MonkeyPatch, owner_fails:
     reader = env.reader()
     gate = _first_open_stalls(monkeypatch, fail if owner_fails else lambda: None)
     a = asyncio.ensure_future(read(reader, result))
-    await _until(lambda: bool(reader._inflight))  # A owns chunks now
+    await eventually(lambda: bool(reader._inflight))  # A owns chunks now
     b = asyncio.ensure_future(read(reader, result))
-    await _until(lambda: reader.cache.stats.shared > 0)  # B waits on one of them
+    await eventually(lambda: reader.cache.stats.shared > 0)  # B waits on one of them
     assert not b.done()
     if not owner_fails:
         a.cancel()
@@ -258,9 +250,9 @@ async def test_a_cancelled_waiter_is_cancelled_and_the_request_it_waited_on_read
     reader = env.reader()
     gate = _first_open_stalls(monkeypatch, lambda: None)
     a = asyncio.ensure_future(read(reader, result))
-    await _until(lambda: bool(reader._inflight))
+    await eventually(lambda: bool(reader._inflight))
     b = asyncio.ensure_future(read(reader, result))
-    await _until(lambda: reader.cache.stats.shared > 0)
+    await eventually(lambda: reader.cache.stats.shared > 0)
     b.cancel()
     with pytest.raises(asyncio.CancelledError):
         await b

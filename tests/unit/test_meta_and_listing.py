@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.waiting import eventually
 
 from crypto.kek import WrappedKey
 from dedup.manifest import Manifest
@@ -344,11 +345,8 @@ async def test_close_fails_writes_still_queued_after_its_drain_time(
     path = tmp_path / "meta.sqlite"
     s, other = await _store_behind_a_lock(path)
     stuck = asyncio.ensure_future(s.put_object(_version("stuck"), _heavy_staged(1)))
-    for _ in range(2000):  # until it was queued and the writer thread took it (to wait for the lock)
-        if s._draining and not s._queue:
-            break
-        await asyncio.sleep(0.005)
-    assert s._draining and not s._queue
+    # until it was queued and the writer thread took it (to wait for the lock)
+    await eventually(lambda: s._draining and not s._queue)
     behind = [asyncio.ensure_future(s.put_object(_version(f"behind{i}"), EMPTY)) for i in range(3)]
     closing = asyncio.ensure_future(s.close())
     done, _ = await asyncio.wait(behind, timeout=5)

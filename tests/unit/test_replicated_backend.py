@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import pytest
+from support.waiting import eventually
 
 from gateway.backends.base import BackendUnavailable, BlobInfo
 from gateway.backends.local import LocalBlobBackend
@@ -20,13 +21,6 @@ async def put(backend: object, name: str, data: bytes) -> None:
     writer = await backend.open_writer(name)  # type: ignore[attr-defined]
     await writer.write(data)
     await writer.commit()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def names(backend: LocalBlobBackend) -> list[str]:
