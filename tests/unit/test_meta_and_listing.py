@@ -345,8 +345,10 @@ async def test_close_fails_writes_still_queued_after_its_drain_time(
     path = tmp_path / "meta.sqlite"
     s, other = await _store_behind_a_lock(path)
     stuck = asyncio.ensure_future(s.put_object(_version("stuck"), _heavy_staged(1)))
-    # until it was queued and the writer thread took it (to wait for the lock)
-    await eventually(lambda: s._draining and not s._queue)
+    # until the writer thread took it, alone, and waits for the lock in BEGIN (the lane
+    # flag alone is no proof: the thread that answered create_bucket may not have released
+    # the lane yet, and a write queued then would join the stuck one's group)
+    await eventually(lambda: s._committing and not s._queue)
     behind = [asyncio.ensure_future(s.put_object(_version(f"behind{i}"), EMPTY)) for i in range(3)]
     closing = asyncio.ensure_future(s.close())
     done, _ = await asyncio.wait(behind, timeout=5)
