@@ -65,6 +65,11 @@ class BufferRecycler:
             self._held.append(buf)
         return memoryview(bytearray(-(-max(size, 1) // GRAIN) * GRAIN))[:size]
 
+    def clear(self) -> None:
+        """Drop every buffer kept for reuse (the next :meth:`take` allocates afresh)."""
+        self._held.clear()
+        self._bytes = 0
+
     def give_back(self, pieces: Iterable[object]) -> None:
         """Take back the buffers behind the views in ``pieces`` that :meth:`take` made (other
         objects are ignored); each is reused once no view of it is left."""

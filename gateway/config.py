@@ -39,6 +39,10 @@ class ServerConfig:
     # CompleteMultipartUpload answers 200 and sends whitespace every this many seconds while
     # the completion runs longer than that (as S3 does), so clients don't time out.
     complete_keepalive_seconds: float = 5.0
+    # Once no request has been in flight for this long, and the process's anonymous memory
+    # grew since it last did so, free heap memory goes back to the kernel (gateway/memory.py).
+    # 0 = never.
+    idle_trim_seconds: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,11 @@ class ChunkReader:
         sealer = await self._cached_sealer(inline.wrapped_dek, lambda: self._unwrap(inline.wrapped_dek))
         return open_record(sealer, inline.record, manifest.chunk_ids[0])
 
+    def release_buffers(self) -> None:
+        """Drop the decrypted-chunk buffers kept for reuse (up to 64 MiB): for an idle process
+        about to give its free memory back (:func:`gateway.memory.trim_when_idle`)."""
+        self._buffers.clear()
+
     def _cacheable(self, loc: ChunkLocation) -> bool:
         return self.cache.capacity > 0 and (self._cache_raw or bool(loc.flags & FLAG_ZSTD))
 

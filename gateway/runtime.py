@@ -24,6 +24,7 @@ from gateway.identity import Identities
 from gateway.ingest import Ingestor
 from gateway.kek import close_kek, open_kek
 from gateway.maintenance.lease import exclusive
+from gateway.memory import trim_when_idle
 from gateway.meta.factory import open_store
 from gateway.meta.store import MaintenanceStore, MetadataStore
 from gateway.observability.audit import AuditLog
@@ -90,6 +91,10 @@ class Runtime:
         if self.config.kafka.bootstrap:  # publish the outbox to Kafka
             self.spawn(OutboxRelay(self.meta, self.events, self.config).run())
         self.spawn(expire_outbox_periodically(self.meta, self.config.kafka))
+        idle_trim = self.config.server.idle_trim_seconds
+        if idle_trim > 0:  # free memory goes back to the kernel when the process is idle
+            in_flight = self.metrics.in_flight
+            self.spawn(trim_when_idle(lambda: bool(in_flight), self.reader.release_buffers, idle_trim))
         from gateway.maintenance import gc, keys
 
         self.spawn(keys.follow_keyring(self.kek))  # new wraps use the version `keys rotate` adds

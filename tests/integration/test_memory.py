@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +30,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from support.s3 import GiB, MiB, make_client, multipart_etag_of_file, unique_bucket, write_random_file
 from support.server import REPO_ROOT, StrataServer
+from support.waiting import eventually
 
 RSS_LIMIT = 256 * MiB
 
@@ -179,3 +182,47 @@ def test_memory_bounded_on_16_concurrent_uploads(strata_factory: Any, tmp_path: 
     report = f"{uploads} x {_mib(size)} PUTs: peak {_mib(peak)} (baseline {_mib(baseline)})"
     print(f"server RSS {report}")
     assert peak < RSS_LIMIT, f"server RSS reached {report}; limit {_mib(RSS_LIMIT)}"
+
+
+def _rss_anon(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon in /proc")
+
+
+class AnonRssSampler(RssSampler):
+    """:class:`RssSampler` of the server's anonymous memory alone (heap, not mapped files)."""
+
+    def rss(self) -> int:
+        return _rss_anon(self.proc.pid)
+
+
+@pytest.mark.slow
+async def test_idle_server_gives_freed_memory_back(strata_factory: Any) -> None:
+    """Concurrent large GETs leave freed buffers inside the heap; once the server has had no
+    request for server.idle_trim_seconds, they go back to the kernel."""
+    server: StrataServer = strata_factory(extra_env={"STRATA_SERVER_IDLE_TRIM_SECONDS": "1"})
+    s3 = make_client(server)
+    bucket = unique_bucket("trim")
+    s3.create_bucket(Bucket=bucket)
+    data = os.urandom(32 * MiB)
+    for i in range(4):
+        s3.put_object(Bucket=bucket, Key=f"o{i}", Body=data)
+    digest = hashlib.md5(data).hexdigest()
+    del data
+    before = _rss_anon(server.pid)
+
+    def get(i: int) -> str:
+        h = hashlib.md5()
+        for block in s3.get_object(Bucket=bucket, Key=f"o{i % 4}")["Body"].iter_chunks(MiB):
+            h.update(block)
+        return h.hexdigest()
+
+    with AnonRssSampler(server.pid, interval=0.02) as sampler, ThreadPoolExecutor(12) as pool:
+        digests = list(pool.map(get, range(24)))
+    assert digests == [digest] * 24
+    peak = sampler.peak
+    assert peak > before + 96 * MiB, (before / MiB, peak / MiB)  # 12 GETs' runs in flight
+    await eventually(lambda: _rss_anon(server.pid) < peak - 64 * MiB, timeout=30)
