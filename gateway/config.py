@@ -72,6 +72,10 @@ class StorageConfig:
     # and read_ahead such runs are fetched and decoded ahead of the response stream.
     read_run: int = 4 * MiB
     read_ahead: int = 3
+    # GET: plaintext bytes that all GETs together may decode beyond each one's next run (the
+    # read-ahead past it). Many concurrent GETs then read ahead less instead of holding
+    # read_ahead runs each.
+    read_ahead_budget: int = 64 * MiB
     # GET: decoded chunks kept in memory (bytes, 0 = off), see gateway/chunkcache.py: zstd
     # chunks, and every chunk on remote backends. Concurrent GETs of a chunk decode it once.
     chunk_cache: int = 64 * MiB

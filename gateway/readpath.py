@@ -5,10 +5,14 @@ Adjacent records of one pack are fetched with one ranged read (a "run", at most
 ``run_bytes``; a memory map where the backend offers ``map_range``, so local packs are
 decrypted straight from the page cache), and a bounded number of runs (``read_ahead``) is
 fetched and decoded ahead of the consumer, so the network, the backend and the CPU overlap
-while memory stays bounded. Unwrapped pack DEKs (and inline DEKs, see :mod:`gateway.inline`)
-are kept in a small in-process LRU (never in a shared cache), and concurrent requests for
-the same DEK share one unwrap. A tiny object's manifest holds its sealed data itself: it is
-opened without any lookup or read.
+while memory stays bounded: each GET always has its next run on the way, and the runs it
+decodes beyond that share one process-wide budget of plaintext bytes (``ahead_budget``), so
+many concurrent GETs read ahead less instead of holding ``read_ahead`` runs each.
+
+Unwrapped pack DEKs (and inline DEKs, see :mod:`gateway.inline`) are kept in a small
+in-process LRU (never in a shared cache), and concurrent requests for the same DEK share one
+unwrap. A tiny object's manifest holds its sealed data itself: it is opened without any
+lookup or read.
 
 Decoded chunks are kept in a byte-bounded :class:`~gateway.chunkcache.ChunkCache`, and
 concurrent requests for one chunk share one fetch and decode (single flight): zstd chunks
@@ -55,6 +59,7 @@ class ChunkReader:
         sealer_cache: int = 512,
         run_bytes: int = 8 * 1024 * 1024,
         chunk_cache: int = 0,
+        ahead_budget: int = 64 * 1024 * 1024,
     ) -> None:
         self.backend = backend
         self.meta = meta
@@ -62,6 +67,8 @@ class ChunkReader:
         self.pool = pool
         self.read_ahead = max(1, read_ahead)
         self.run_bytes = run_bytes
+        self.ahead_budget = ahead_budget
+        self.ahead_bytes = 0  # plaintext of the runs all GETs are decoding beyond their next one
         self._sealers: collections.OrderedDict[str | WrappedKey, asyncio.Future[Sealer]]
         self._sealers = collections.OrderedDict()
         self._sealer_cache = sealer_cache
@@ -235,22 +242,28 @@ class ChunkReader:
             yield [memoryview(await self.open_inline(manifest))[start:end]]
             return
         first, last, offset = manifest.span(start, end)
-        pending: collections.deque[asyncio.Future[list[bytes | memoryview]]] = collections.deque()
+        # each with the read-ahead budget it holds (0 for the run the consumer needs next)
+        pending: collections.deque[tuple[asyncio.Future[list[bytes | memoryview]], int]] = collections.deque()
         runs = self._runs(manifest, first, last)
-        exhausted = False
+        upcoming: tuple[list[bytes], list[ChunkLocation]] | None = None
         index = first
         try:
             while True:
-                while not exhausted and len(pending) < self.read_ahead:
-                    try:
-                        ids, locs = await anext(runs)
-                    except StopAsyncIteration:
-                        exhausted = True
+                while len(pending) < self.read_ahead:
+                    if upcoming is None and (upcoming := await anext(runs, None)) is None:
                         break
-                    pending.append(asyncio.ensure_future(self._run(ids, locs)))
+                    ids, locs = upcoming
+                    cost = sum(loc.plain_len for loc in locs) if pending else 0
+                    if cost and self.ahead_bytes + cost > self.ahead_budget:
+                        break  # the budget is spent: start this run once the next one is taken
+                    self.ahead_bytes += cost
+                    pending.append((asyncio.ensure_future(self._run(ids, locs)), cost))
+                    upcoming = None
                 if not pending:
                     return
-                plains = await pending.popleft()
+                fut, cost = pending.popleft()
+                self.ahead_bytes -= cost
+                plains = await fut
                 pieces = []
                 for plain in plains:
                     length = manifest.lengths[index]
@@ -264,10 +277,11 @@ class ChunkReader:
                 self._buffers.give_back(plains)  # reused once the transport is done with them
                 del plains
         finally:
-            for fut in pending:
+            for fut, cost in pending:
+                self.ahead_bytes -= cost
                 fut.cancel()
             if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.gather(*(fut for fut, _ in pending), return_exceptions=True)
             await runs.aclose()
 
 

@@ -65,6 +65,7 @@ class Runtime:
             config.storage.read_ahead,
             run_bytes=config.storage.read_run,
             chunk_cache=config.storage.chunk_cache,
+            ahead_budget=config.storage.read_ahead_budget,
         )
         metrics.watch_chunk_cache(reader.cache)
         return cls(

@@ -1,7 +1,7 @@
-"""The GET chunk cache and single flight (gateway/chunkcache.py, gateway/readpath.py): each
+"""The GET read path's sharing and memory (gateway/chunkcache.py, gateway/readpath.py): each
 chunk decoded once however many GETs want it at once, later reads answered from the cache,
-raw chunks of local packs left to the page cache, and a waiter that still gets its bytes
-when the request it waited on fails or is cancelled."""
+raw chunks of local packs left to the page cache, a waiter that still gets its bytes when
+the request it waited on fails or is cancelled, and read-ahead within the shared budget."""
 
 from __future__ import annotations
 
@@ -72,8 +72,10 @@ class Env:
     pool: ThreadPoolExecutor
     ingestor: Ingestor
 
-    def reader(self, cache: int = 16 * MiB, backend: Any = None) -> ChunkReader:
-        return ChunkReader(backend or self.backend, self.meta, self.kek, self.pool, chunk_cache=cache)
+    def reader(self, cache: int = 16 * MiB, backend: Any = None, **options: Any) -> ChunkReader:
+        return ChunkReader(
+            backend or self.backend, self.meta, self.kek, self.pool, chunk_cache=cache, **options
+        )
 
     async def store(self, key: str, body: bytes) -> IngestResult:
         async def source() -> AsyncIterator[bytes]:
@@ -259,3 +261,66 @@ async def test_a_cancelled_waiter_is_cancelled_and_the_request_it_waited_on_read
     gate.set()
     assert await asyncio.wait_for(a, 10) == body
     assert reader._inflight == {}
+
+
+class RunWatch:
+    """How many runs a reader decodes at once (at most), and the most read-ahead budget its
+    GETs held together, seen each time a run starts."""
+
+    def __init__(self, reader: ChunkReader) -> None:
+        self.now = self.most = self.most_ahead = 0
+        real = reader._run
+
+        async def watched(ids: list[bytes], locs: list[Any]) -> list[bytes | memoryview]:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.most_ahead = max(self.most_ahead, reader.ahead_bytes)
+            try:
+                await asyncio.sleep(0.002)  # long enough for the other GETs to start theirs
+                return await real(ids, locs)
+            finally:
+                self.now -= 1
+
+        reader._run = watched  # type: ignore[method-assign]
+
+
+async def slow_read(reader: ChunkReader, result: IngestResult) -> bytes:
+    """A client slower than the reader: it waits a little before taking each run."""
+    out = bytearray()
+    async for pieces in reader.stream_runs(result.manifest, 0, result.size):
+        await asyncio.sleep(0.005)
+        for p in pieces:
+            out += p
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("budget", "most_runs"),
+    [(0, 3), (160 * KiB, 5), (1 << 30, 12)],
+)
+async def test_read_ahead_stays_within_the_shared_budget(env: Env, budget: int, most_runs: int) -> None:
+    """Three slow GETs with read_ahead 4: each always has its next run on the way; the runs
+    beyond it start only while the budget has room, so with none there are at most three
+    at once, and with an unlimited one up to twelve. The bytes are exact either way."""
+    body = random.Random(7).randbytes(3 * MiB)
+    result = await env.store("r", body)
+    reader = env.reader(cache=0, read_ahead=4, run_bytes=64 * KiB, ahead_budget=budget)
+    watch = RunWatch(reader)
+    assert await asyncio.gather(*[slow_read(reader, result) for _ in range(3)]) == [body] * 3
+    assert watch.most <= most_runs
+    assert watch.most_ahead <= budget
+    if budget >= 1 << 30:
+        assert watch.most > 6  # it does read ahead when it may
+    assert reader.ahead_bytes == 0
+
+
+async def test_a_get_that_stops_early_gives_its_budget_back(env: Env) -> None:
+    body = random.Random(8).randbytes(2 * MiB)
+    result = await env.store("r", body)
+    reader = env.reader(cache=0, read_ahead=4, run_bytes=64 * KiB, ahead_budget=1 << 30)
+    stream = reader.stream_runs(result.manifest, 0, result.size)
+    first = await anext(stream)
+    await eventually(lambda: reader.ahead_bytes > 0)  # it read ahead...
+    assert bytes(first[0]) == body[: len(first[0])]
+    await stream.aclose()  # ...and the client went away
+    assert reader.ahead_bytes == 0
