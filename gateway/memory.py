@@ -99,12 +99,14 @@ async def trim_when_idle(
     give_back: Callable[[], object] = trim,
     growth: int = TRIM_GROWTH,
     clock: Callable[[], float] = time.monotonic,
+    on_trim: Callable[[int], object] = lambda freed: None,
 ) -> None:
     """Run forever: once ``busy()`` has been false for ``idle_seconds`` and the anonymous
     RSS has grown by ``growth`` bytes since the last trim (or since the start), call
-    ``release()`` (on this loop: drop buffers kept for reuse) and then ``give_back()`` (in a
-    thread: ``malloc_trim`` walks every heap). Busy is sampled a few times per period, so a
-    burst shorter than a sample still counts through the RSS it leaves behind."""
+    ``release()`` (on this loop: drop buffers kept for reuse), then ``give_back()`` (in a
+    thread: ``malloc_trim`` walks every heap), then ``on_trim`` with the bytes given back.
+    Busy is sampled a few times per period, so a burst shorter than a sample still counts
+    through the RSS it leaves behind."""
     tick = max(idle_seconds / 4, 0.01)
     baseline = rss()
     idle_since: float | None = None
@@ -124,6 +126,7 @@ async def trim_when_idle(
         release()
         await asyncio.to_thread(give_back)
         after = rss()
-        if current is not None and after is not None:
-            log.debug("idle: returned %.1f MiB to the kernel", (current - after) / MiB)
+        freed = current - after if current is not None and after is not None else 0
+        log.debug("idle: gave %.1f MiB back to the kernel", freed / MiB)
+        on_trim(freed)
         baseline, idle_since = after, None

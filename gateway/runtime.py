@@ -68,6 +68,7 @@ class Runtime:
             ahead_budget=config.storage.read_ahead_budget,
         )
         metrics.watch_chunk_cache(reader.cache)
+        metrics.watch_read_ahead(lambda: reader.ahead_bytes)
         return cls(
             config=config,
             meta=meta,
@@ -95,7 +96,10 @@ class Runtime:
         idle_trim = self.config.server.idle_trim_seconds
         if idle_trim > 0:  # free memory goes back to the kernel when the process is idle
             in_flight = self.metrics.in_flight
-            self.spawn(trim_when_idle(lambda: bool(in_flight), self.reader.release_buffers, idle_trim))
+            trims = trim_when_idle(
+                lambda: bool(in_flight), self.reader.release_buffers, idle_trim, on_trim=self.metrics.trimmed
+            )
+            self.spawn(trims)
         from gateway.maintenance import gc, keys
 
         self.spawn(keys.follow_keyring(self.kek))  # new wraps use the version `keys rotate` adds

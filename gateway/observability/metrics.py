@@ -132,6 +132,18 @@ class Metrics:
         )  # fmt: skip
         self.concurrent_uploads = Gauge("concurrent_uploads", "Upload requests being served.", registry=r)
         self.concurrent_uploads.set_function(self._uploads_in_flight)
+        # downloads' read-ahead and the idle memory trim (gateway/readpath.py, gateway/memory.py)
+        self.read_ahead = Gauge(
+            "read_ahead_bytes",
+            "Plaintext GETs decode beyond their next run (storage.read_ahead_budget).",
+            registry=r,
+        )
+        self.memory_trims = Counter(
+            "memory_trims", "Times an idle process gave its free heap memory back to the kernel.", registry=r
+        )
+        self.memory_trimmed = Counter(
+            "memory_trimmed_bytes", "Anonymous memory the idle trims gave back to the kernel.", registry=r
+        )
         self.dedup_savings = Counter(
             "dedup_savings_bytes",
             "Uploaded payload bytes not stored again because their chunks were already stored "
@@ -206,6 +218,15 @@ class Metrics:
     def watch_pool(self, usage: Callable[[], PoolUsage]) -> None:
         """Read the metadata pool gauges from ``usage`` (the store's ``pool_usage``) at scrape."""
         self._pool = usage
+
+    def watch_read_ahead(self, held: Callable[[], int]) -> None:
+        """Read ``read_ahead_bytes`` from ``held`` (the GET reader's ``ahead_bytes``) at scrape."""
+        self.read_ahead.set_function(held)
+
+    def trimmed(self, freed: int) -> None:
+        """An idle trim ran and gave back ``freed`` bytes of anonymous memory."""
+        self.memory_trims.inc()
+        self.memory_trimmed.inc(max(freed, 0))
 
     def watch_chunk_cache(self, cache: ChunkCache) -> None:
         """Export the GET chunk cache's counters and size, read at scrape."""

@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 import pytest
 from boto3.s3.transfer import TransferConfig
+from support.metrics import sample, scrape
 from support.s3 import GiB, MiB, make_client, multipart_etag_of_file, unique_bucket, write_random_file
 from support.server import REPO_ROOT, StrataServer
 from support.waiting import eventually
@@ -225,4 +226,9 @@ async def test_idle_server_gives_freed_memory_back(strata_factory: Any) -> None:
     assert digests == [digest] * 24
     peak = sampler.peak
     assert peak > before + 96 * MiB, (before / MiB, peak / MiB)  # 12 GETs' runs in flight
-    await eventually(lambda: _rss_anon(server.pid) < peak - 64 * MiB, timeout=30)
+    await eventually(lambda: _rss_anon(server.pid) < peak - 64 * MiB, timeout=30)  # no requests meanwhile
+    # RSS falls while malloc_trim runs: the trim is counted once it is over
+    await eventually(lambda: sample(scrape(server)[1], "memory_trims_total") >= 1)
+    _, samples = scrape(server)
+    assert sample(samples, "memory_trimmed_bytes_total") >= 48 * MiB
+    assert sample(samples, "read_ahead_bytes") == 0  # every GET gave its read-ahead budget back

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import requests
 from botocore.exceptions import ClientError
-from prometheus_client.parser import text_string_to_metric_families
 from support.awschunked import object_path, presign_url, sign_request
 from support.faultproxy import FaultProxy
+from support.metrics import Samples, sample, scrape
 from support.s3 import make_client
 from support.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, seaweed  # noqa: F401 (fixture)
 from support.server import StrataServer
@@ -30,7 +30,6 @@ from support.server import StrataServer
 from gateway.meta.models import AuditRecord
 from gateway.meta.sqlite import SqliteMetadataStore
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 # Families every scrape exposes (counter families drop the ``_total`` of their samples).
 REQUIRED_FAMILIES = (
     "upload_requests", "upload_bytes", "upload_duration_seconds", "upload_errors", "concurrent_uploads",
@@ -40,22 +39,6 @@ REQUIRED_FAMILIES = (
     "s3_request_duration_seconds", "metadata_pool_in_use", "metadata_pool_size",
     "storage_capacity_bytes", "storage_used_bytes",
 )  # fmt: skip
-
-
-def scrape(server: StrataServer) -> tuple[set[str], Samples]:
-    resp = requests.get(f"{server.endpoint}/metrics", timeout=10)
-    assert resp.status_code == 200
-    assert resp.headers["Content-Type"].startswith("text/plain")
-    families, samples = set(), {}
-    for family in text_string_to_metric_families(resp.text):
-        families.add(family.name)
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return families, samples
-
-
-def sample(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:

@@ -54,6 +54,7 @@ class _Probe:
         self.busy = True
         self.rss = rss
         self.calls: list[str] = []
+        self.freed: list[int] = []
 
     def release(self) -> None:
         self.calls.append("release")
@@ -73,6 +74,7 @@ async def _run(probe: _Probe, idle: float, steps: list[tuple[float, bool, int]])
             rss=lambda: probe.rss,
             give_back=probe.give_back,
             growth=16 * MiB,
+            on_trim=probe.freed.append,
         )
     )
     try:
@@ -93,6 +95,7 @@ async def test_idle_after_growth_trims_once() -> None:
     probe = _Probe()
     calls = await _run(probe, 0.05, [(0.0, True, 300 * MiB), (0.1, False, 300 * MiB)])
     assert calls == ["release", "trim"]
+    assert probe.freed == [200 * MiB]  # what the trim gave back, for the metrics
 
 
 async def test_no_trim_without_growth() -> None:

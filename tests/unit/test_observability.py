@@ -280,6 +280,18 @@ def test_concurrent_uploads_counts_upload_requests_in_flight() -> None:
     assert value(m, "concurrent_uploads") == 1
 
 
+def test_read_ahead_and_idle_trims_are_exported() -> None:
+    m = Metrics()
+    held = [0]
+    m.watch_read_ahead(lambda: held[0])
+    held[0] = 12 << 20
+    assert value(m, "read_ahead_bytes") == 12 << 20  # read at scrape
+    m.trimmed(300 << 20)
+    m.trimmed(-5)  # RSS grew meanwhile: counted as a trim that gave nothing back
+    assert value(m, "memory_trims_total") == 2
+    assert value(m, "memory_trimmed_bytes_total") == 300 << 20
+
+
 def test_ingest_reports_dedup_savings_and_attributes_bytes_to_the_request() -> None:
     m = Metrics()
     m.ingested(5000, 4000)  # no request: savings only
