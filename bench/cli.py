@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--markdown", metavar="FILE", help="also write the results as Markdown tables")
         if name == "guard":
             p.add_argument(
-                "--retries", type=int, default=1, help="re-measure a failing ratio this many times"
+                "--retries", type=int, default=2, help="re-measure a failing ratio up to this many times"
             )
         _common(p)
     return parser

@@ -69,7 +69,7 @@ def verdict_table(verdicts: list[Verdict]) -> str:
     return table(("ratio", "value", "target", "fails unless", "status"), rows)
 
 
-def run_guard(spec: SuiteSpec, retries: int = 1, json_path: str | None = None) -> int:
+def run_guard(spec: SuiteSpec, retries: int = 2, json_path: str | None = None) -> int:
     """Run the suite, re-measure failures up to ``retries`` times; return the exit code."""
     with Suite(spec) as suite:
         result: SuiteResult = suite.run_all()
