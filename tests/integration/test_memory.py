@@ -129,16 +129,21 @@ def test_memory_bounded_on_1gib(strata_factory: Any, big_files: tuple[Path, str,
     assert not over, f"server RSS reached {report}; limit {_mib(RSS_LIMIT)}"
 
 
-def _vm_hwm(pid: int) -> int | None:
-    """The peak RSS the kernel recorded for ``pid`` (Linux), in bytes."""
+def _status_bytes(pid: int, field: str) -> int | None:
+    """A ``kB`` field of ``/proc/PID/status`` (Linux: ``VmHWM``, ``RssAnon``...), in bytes."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def _vm_hwm(pid: int) -> int | None:
+    """The peak RSS the kernel recorded for ``pid``, in bytes."""
+    return _status_bytes(pid, "VmHWM")
 
 
 @pytest.mark.slow
@@ -186,11 +191,9 @@ def test_memory_bounded_on_16_concurrent_uploads(strata_factory: Any, tmp_path: 
 
 
 def _rss_anon(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no RssAnon in /proc")
+    anon = _status_bytes(pid, "RssAnon")
+    assert anon is not None, "no RssAnon in /proc"
+    return anon
 
 
 class AnonRssSampler(RssSampler):
@@ -225,6 +228,7 @@ async def test_idle_server_gives_freed_memory_back(strata_factory: Any) -> None:
         digests = list(pool.map(get, range(24)))
     assert digests == [digest] * 24
     peak = sampler.peak
+    print(f"server RssAnon: {_mib(before)} before, {_mib(peak)} at the peak")
     assert peak > before + 96 * MiB, (before / MiB, peak / MiB)  # 12 GETs' runs in flight
     await eventually(lambda: _rss_anon(server.pid) < peak - 64 * MiB, timeout=30)  # no requests meanwhile
     # RSS falls while malloc_trim runs: the trim is counted once it is over
