@@ -77,17 +77,23 @@ def trim() -> bool:
     return bool(malloc_trim is not None and malloc_trim(0))
 
 
-def anonymous_rss() -> int | None:
-    """This process's resident anonymous memory in bytes (Linux ``RssAnon``), or None where
-    ``/proc`` does not say."""
+def status_bytes(field: str, pid: int | str = "self") -> int | None:
+    """A ``kB`` field of a process's ``/proc/PID/status`` (Linux: ``RssAnon``, ``VmHWM``...)
+    in bytes, or None where ``/proc`` does not say."""
+    prefix = f"{field}:".encode()
     try:
-        with open("/proc/self/status", "rb") as f:
+        with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"RssAnon:"):
+                if line.startswith(prefix):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def anonymous_rss() -> int | None:
+    """This process's resident anonymous memory in bytes (``RssAnon``), or None."""
+    return status_bytes("RssAnon")
 
 
 async def trim_when_idle(

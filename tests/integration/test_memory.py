@@ -33,6 +33,8 @@ from support.s3 import GiB, MiB, make_client, multipart_etag_of_file, unique_buc
 from support.server import REPO_ROOT, StrataServer
 from support.waiting import eventually
 
+from gateway.memory import status_bytes
+
 RSS_LIMIT = 256 * MiB
 
 
@@ -129,23 +131,6 @@ def test_memory_bounded_on_1gib(strata_factory: Any, big_files: tuple[Path, str,
     assert not over, f"server RSS reached {report}; limit {_mib(RSS_LIMIT)}"
 
 
-def _status_bytes(pid: int, field: str) -> int | None:
-    """A ``kB`` field of ``/proc/PID/status`` (Linux: ``VmHWM``, ``RssAnon``...), in bytes."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _vm_hwm(pid: int) -> int | None:
-    """The peak RSS the kernel recorded for ``pid``, in bytes."""
-    return _status_bytes(pid, "VmHWM")
-
-
 @pytest.mark.slow
 def test_memory_bounded_on_16_concurrent_uploads(strata_factory: Any, tmp_path: Path) -> None:
     uploads, size = 16, 128 * MiB
@@ -184,14 +169,14 @@ def test_memory_bounded_on_16_concurrent_uploads(strata_factory: Any, tmp_path: 
     assert result["errors"] == 0, result.get("error_samples")
     assert result["count"] == uploads
     assert result["bytes"] == uploads * size
-    peak = max(sampler.peak, _vm_hwm(server.pid) or 0)
+    peak = max(sampler.peak, status_bytes("VmHWM", server.pid) or 0)  # the kernel's peak
     report = f"{uploads} x {_mib(size)} PUTs: peak {_mib(peak)} (baseline {_mib(baseline)})"
     print(f"server RSS {report}")
     assert peak < RSS_LIMIT, f"server RSS reached {report}; limit {_mib(RSS_LIMIT)}"
 
 
 def _rss_anon(pid: int) -> int:
-    anon = _status_bytes(pid, "RssAnon")
+    anon = status_bytes("RssAnon", pid)
     assert anon is not None, "no RssAnon in /proc"
     return anon
 
