@@ -38,6 +38,14 @@ def _env(*names: str) -> str | None:
     return None
 
 
+def _server_pid_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        help="PID of the endpoint's server on this machine: report its CPU per MB and per op",
+    )
+
+
 def _endpoint_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--endpoint",
@@ -79,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--label", default="", help="name of the run in tables and JSON")
     run.add_argument("--plot", metavar="PNG", help="write throughput-over-time + latency histogram to PNG")
+    _server_pid_arg(run)
     _common(run)
 
     ceiling = sub.add_parser("ceiling", help="in-process codec ceiling (encode/decode MB/s), no HTTP")
@@ -127,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     small.add_argument("--processes", type=int, default=0)
     small.add_argument("--bucket", default="strata-bench")
     small.add_argument("--noop-endpoint", default="", help="use this no-op server instead of starting one")
+    _server_pid_arg(small)
     _common(small)
 
     for name, helptext in (
@@ -182,6 +192,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         label=args.label,
         prefix=args.prefix,
         prepopulated=args.reuse,
+        server_pid=args.server_pid,
     )
     summary = run_load(spec)
     print(run_table([summary]))
@@ -302,6 +313,7 @@ def _cmd_small(args: argparse.Namespace) -> int:
             processes=args.processes,
             bucket=args.bucket,
             noop_endpoint=args.noop_endpoint,
+            server_pid=args.server_pid,
             progress=not args.quiet,
         )
     )

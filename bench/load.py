@@ -42,6 +42,7 @@ import uvloop
 
 from bench.client import WINDOW, S3Client, StreamedObject, new_session
 from bench.corpus import CorpusSpec, versions
+from bench.cpu import CpuWindow
 from bench.data import PayloadSource
 from bench.progress import Progress
 from bench.signer import SigV4Signer
@@ -81,6 +82,7 @@ class LoadSpec:
     prefix: str = ""  # set by resolved(): unique per run, unless given
     prepopulated: bool = False  # the keys of `objects` already exist under `prefix` (get/head/list)
     nonce: int = 0  # set by resolved(): makes object ids unique per run
+    server_pid: int | None = None  # a local server: its CPU time is measured during the run
 
     def resolved(self) -> LoadSpec:
         """Fill in defaults; validate."""
@@ -446,6 +448,8 @@ def run_load(spec: LoadSpec) -> Summary:
             time.sleep(_POLL)
         progress.close()
         load_start = os.getloadavg()[0]
+        cpu = CpuWindow(spec.server_pid)
+        cpu.start()
         shared.t0.value = time.monotonic()
         shared.go.set()
         ops = nbytes = errors = 0
@@ -460,6 +464,7 @@ def run_load(spec: LoadSpec) -> Summary:
             else:
                 done, total = ops + errors, (spec.count or 1)
             progress.update(done, total, ops=ops, nbytes=nbytes, errors=errors, elapsed=elapsed)
+        cpu_use = cpu.stop()
         progress.update(1, 1, ops=ops, nbytes=nbytes, errors=errors, elapsed=elapsed, force=True)
         progress.close()
     finally:
@@ -476,6 +481,7 @@ def run_load(spec: LoadSpec) -> Summary:
     summary.label = spec.label
     summary.loadavg = (load_start, os.getloadavg()[0])
     summary.prefix = spec.prefix
+    summary.cpu = cpu_use
     return summary
 
 

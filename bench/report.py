@@ -62,7 +62,25 @@ RUN_HEADERS = (
     "p50 ms",
     "p90 ms",
     "p99 ms",
+    "cores",
+    "srv cores",
+    "srv ms/MB",
 )
+
+
+def _cpu_cells(s: Summary) -> list[Any]:
+    """Busy cores of the machine and of the server, and server core-ms per MB (MB = 10^6
+    bytes; per operation for sizes under 1 MiB, marked "/op"); "-" where not measured."""
+    cpu = s.cpu
+    if cpu is None:
+        return [None, None, None]
+    if s.size >= 1024 * 1024:
+        per = cpu.server_ms_per(s.total.nbytes / MB)
+        cost: Any = per
+    else:
+        per = cpu.server_ms_per(s.total.count)
+        cost = None if per is None else f"{per:.3f}/op"
+    return [cpu.machine_cores, cpu.server_cores, cost]
 
 
 def run_rows(summaries: Sequence[Summary]) -> list[list[Any]]:
@@ -84,6 +102,7 @@ def run_rows(summaries: Sequence[Summary]) -> list[list[Any]]:
                 t.p50_ms,
                 t.p90_ms,
                 t.p99_ms,
+                *_cpu_cells(s),
             ]
         )
         if len(s.by_op) > 1:
@@ -104,6 +123,9 @@ def run_rows(summaries: Sequence[Summary]) -> list[list[Any]]:
                             o.p50_ms,
                             o.p90_ms,
                             o.p99_ms,
+                            "",
+                            "",
+                            "",
                         ]
                     )
     return rows
@@ -114,7 +136,8 @@ def run_table(summaries: Sequence[Summary]) -> str:
     prefixes = ", ".join(sorted({s.prefix for s in summaries if s.prefix}))
     return (
         table(RUN_HEADERS, run_rows(summaries))
-        + "\n(MB/s: 10^6 bytes per second; latencies in ms)"
+        + "\n(MB/s: 10^6 bytes per second; latencies in ms; cores: CPU busy on the machine and in"
+        + " the server (given --server-pid) during the run; srv ms/MB: server CPU per MB or per op)"
         + (f"\nkey prefix: {prefixes}" if prefixes else "")
     )
 
@@ -174,29 +197,38 @@ def plot_run(summary: Summary, path: str | Path) -> None:
 
 def suite_markdown(doc: dict[str, Any]) -> str:
     """Markdown tables of a suite result (``python -m bench suite --markdown FILE``)."""
-    lines = ["| measurement | MB/s | op/s | p50 ms | p99 ms | load avg |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| measurement | MB/s | op/s | p50 ms | p99 ms | load avg | busy cores | server core-ms/MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run in doc["runs"]:
         load = " to ".join(f"{x:.1f}" for x in run.get("loadavg", []))
         p50, p99 = _cell(run["p50_ms"]), _cell(run["p99_ms"])
+        cpu = run.get("cpu", {})
         lines.append(
             f"| {run.get('label') or run['op']} {format_size(run['size'])} c={run['concurrency']} "
-            f"| {run['mb_per_s']:.1f} | {run['ops_per_s']:.1f} | {p50} | {p99} | {load} |"
+            f"| {run['mb_per_s']:.1f} | {run['ops_per_s']:.1f} | {p50} | {p99} | {load} "
+            f"| {_cell(cpu.get('machine_cores'))} | {_cell(cpu.get('server_core_ms_per_mb'))} |"
         )
     for kind, c in doc.get("ceilings", {}).items():
         seen = [c.get("before", {}), c.get("after", {})]
         detail = " / ".join(
             f"{x.get('encode_mb_per_s', 0):.0f}+{x.get('decode_mb_per_s', 0):.0f}" for x in seen if x
         )
+        costs = " / ".join(
+            _cell(min((x[k] for x in seen if x.get(k)), default=None))
+            for k in ("encode_core_ms_per_mb", "decode_core_ms_per_mb")
+        )
         lines.append(
             f"| ceiling {kind} encode / decode (best of before/after: {detail}) "
-            f"| {c['encode_mb_per_s']:.1f} / {c['decode_mb_per_s']:.1f} | | | | |"
+            f"| {c['encode_mb_per_s']:.1f} / {c['decode_mb_per_s']:.1f} | | | | | | {costs} (codec) |"
         )
     d = doc.get("dedup") or {}
     if d:
         lines.append(
             f"| dedup {d['versions']} x {format_size(d['size'])} {d['data']}: logical / physical / unique "
             f"compressed bytes | {d['logical_bytes']:,} / {d['physical_bytes']:,} / "
-            f"{d['unique_compressed_bytes']:,} | | | | |"
+            f"{d['unique_compressed_bytes']:,} | | | | | | |"
         )
     lines += ["", "| ratio | value | target |", "|---|---|---|"]
     for name, value in doc["ratios"].items():

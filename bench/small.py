@@ -37,6 +37,7 @@ class SmallSpec:
     bucket: str = "strata-bench"
     noop_endpoint: str = ""  # empty: start one
     progress: bool = True
+    server_pid: int | None = None  # the endpoint's server, when local: its CPU is measured
 
 
 @dataclass
@@ -109,16 +110,19 @@ def run_small(spec: SmallSpec) -> SmallResult:
         processes=spec.processes,
         bucket=spec.bucket,
         progress=spec.progress,
+        server_pid=spec.server_pid,
     )
     with tempfile.TemporaryDirectory(prefix="bench-noop-") as tmp:
         noop = None if spec.noop_endpoint else NoopServer(Path(tmp) / "noop.log", size=spec.size).start()
         try:
             noop_endpoint = spec.noop_endpoint or (noop.endpoint if noop else "")
+            noop_pid = noop.pid if noop else None
             for op in spec.ops:
                 noop_runs = result.noop_rounds.setdefault(op, [])
                 target_runs = result.target_rounds.setdefault(op, [])
                 for _ in range(max(1, spec.rounds)):
-                    _measure(replace(base, op=op, endpoint=noop_endpoint, label=f"noop {op}"), noop_runs)
+                    noop_spec = replace(base, endpoint=noop_endpoint, server_pid=noop_pid)
+                    _measure(replace(noop_spec, op=op, label=f"noop {op}"), noop_runs)
                     _measure(replace(base, op=op, label=f"strata {op}"), target_runs)
         finally:
             if noop is not None:

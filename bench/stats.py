@@ -16,6 +16,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.cpu import CpuUse
 from bench.units import mb_per_s
 
 OPS = ("put", "get", "head", "delete", "list")
@@ -116,6 +117,7 @@ class Summary:
     label: str = ""
     loadavg: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at start and end
     prefix: str = ""  # key prefix of the run (its objects are obj-<n> under it)
+    cpu: CpuUse | None = None  # CPU time of the machine (and the server) while it ran
 
     def to_json(self) -> dict[str, Any]:
         t = self.total
@@ -156,6 +158,8 @@ class Summary:
             }
         if self.error_samples:
             out["error_samples"] = self.error_samples
+        if self.cpu is not None:
+            out["cpu"] = self.cpu.to_json(t.nbytes / 1e6, t.count)
         return out
 
 

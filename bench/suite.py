@@ -21,6 +21,14 @@ ratio against the codec alone would then judge the machine rather than the gatew
 uncapped ratios (``put_vs_encode_uncapped[kind]``, ``get_vs_decode_uncapped[kind]``) and
 ``put_vs_noop[kind]`` / ``get_vs_noop[kind]`` are reported beside them, without targets.
 
+Every run against a server the suite started also records CPU time (:mod:`bench.cpu`):
+the machine's busy cores and the server's core-ms per MB or per request. From them comes
+one more figure without a target, ``put_vs_encode_cpu_bound[kind]`` /
+``get_vs_decode_cpu_bound[kind]``: the highest ratio the machine's cores allow at all, if the
+gateway spent nothing beyond the codec's own CPU per MB (the ceiling's) plus what the same
+client and the no-op server spend per MB over HTTP. When a target sits above that bound,
+no gateway can meet it on this machine.
+
 By default it starts its own embedded Strata server on a temporary data directory
 (:class:`bench.server.StrataServer`); it can also measure a running one
 (``endpoint`` + keys, and ``data_dir`` for the dedup part). ``quick`` makes every part a few
@@ -40,11 +48,11 @@ from bench.ceiling import CeilingSpec, run_ceiling
 from bench.corpus import CorpusSpec
 from bench.dedup import DedupSpec, local_meter, run_dedup
 from bench.load import LoadSpec, run_load
-from bench.report import run_rows, table
+from bench.report import RUN_HEADERS, run_rows, table
 from bench.server import NoopServer, StrataServer, inherited_settings
 from bench.small import SmallSpec, run_small
 from bench.stats import Summary
-from bench.units import GiB, MiB
+from bench.units import MB, GiB, MiB
 
 TARGETS: dict[str, tuple[float, str]] = {
     # name -> (target, "min": ratio should be at least target / "max": at most target)
@@ -54,6 +62,14 @@ TARGETS: dict[str, tuple[float, str]] = {
     "small_get_vs_noop": (0.40, "min"),
     "physical_vs_unique": (1.10, "max"),
 }
+
+
+def cpu_bound_mb_per_s(cores: float, *costs: float | None) -> float | None:
+    """The MB/s ``cores`` sustain when every MB costs the sum of ``costs`` (core-ms per MB);
+    None if a cost is unknown."""
+    if not costs or any(c is None or c <= 0 for c in costs):
+        return None
+    return 1000.0 * cores / sum(c for c in costs if c is not None)
 
 
 def target_of(name: str) -> tuple[float, str]:
@@ -134,10 +150,7 @@ class SuiteResult:
         return table(("ratio", "value", "target"), rows)
 
     def runs_table(self) -> str:
-        return table(
-            ("run", "op", "size", "data", "conc", "ops", "err", "MB/s", "op/s", "p50 ms", "p90 ms", "p99 ms"),
-            run_rows(self.runs),
-        )
+        return table(RUN_HEADERS, run_rows(self.runs))
 
 
 class Suite:
@@ -153,6 +166,7 @@ class Suite:
         self.secret_key = spec.secret_key
         self.data_dir = spec.data_dir
         self.http: dict[str, float] = {}  # no-op server MB/s for big PUT / GET
+        self.http_cost: dict[str, float] = {}  # machine core-ms per MB of those no-op runs
 
     def __enter__(self) -> Suite:
         if not self.endpoint:
@@ -179,6 +193,7 @@ class Suite:
             secret_key=self.secret_key,
             processes=self.spec.processes,
             progress=self.spec.progress,
+            server_pid=self.server.pid if self.server is not None else None,
             **kw,
         )
         summary = run_load(spec)
@@ -240,6 +255,16 @@ class Suite:
         info[f"get_vs_decode_uncapped[{kind}]"] = get_mb / decode
         info[f"put_vs_noop[{kind}]"] = put_mb / http_put
         info[f"get_vs_noop[{kind}]"] = get_mb / http_get
+        cores = os.cpu_count() or 1
+        for op, name, rate, http, phase in (
+            ("put", "put_vs_encode", encode, http_put, "encode"),
+            ("get", "get_vs_decode", decode, http_get, "decode"),
+        ):
+            codec_costs = [c.get(f"{phase}_core_ms_per_mb") for c in (before, after)]
+            codec_cost = min((c for c in codec_costs if c), default=None)
+            bound = cpu_bound_mb_per_s(cores, codec_cost, self.http_cost.get(op))
+            if bound is not None:
+                info[f"{name}_cpu_bound[{kind}]"] = bound / min(rate, http)
 
     def http_floor(self) -> None:
         """Big-object PUT and GET against the no-op server: what this client and this machine
@@ -263,12 +288,17 @@ class Suite:
                         objects=s.get_objects if op == "get" else None,
                         processes=s.processes,
                         progress=s.progress,
+                        server_pid=noop.pid,
                         **common,
                         **self._big_bounds(op),
                     )
                 )
                 self.result.runs.append(summary)
                 self.http[op] = summary.total.mb_per_s
+                if summary.cpu is not None:
+                    cost = summary.cpu.machine_ms_per(summary.total.nbytes / MB)
+                    if cost is not None:
+                        self.http_cost[op] = cost
         self.result.http_floor = dict(self.http)
 
     def small(self) -> None:
@@ -285,6 +315,7 @@ class Suite:
                 objects=s.small_objects,
                 processes=s.processes,
                 progress=s.progress,
+                server_pid=self.server.pid if self.server is not None else None,
             )
         )
         self.result.runs.extend(res.summaries())

@@ -167,3 +167,39 @@ def test_suite_markdown_lists_the_notes() -> None:
     doc = {"runs": [], "ratios": {}, "targets": {}, "notes": ["server settings from the environment: X=1"]}
     assert suite_markdown(doc).endswith("\n* server settings from the environment: X=1\n")
     assert "* " not in suite_markdown({**doc, "notes": []})
+
+
+def test_run_reports_the_servers_cpu(noop: NoopServer, tmp_path: Path) -> None:
+    """With --server-pid, the JSON and the table carry the machine's and the server's CPU:
+    per op for small objects, and the server's share of the machine's busy time."""
+    out = tmp_path / "out.json"
+    common = ["--endpoint", noop.endpoint, "--access-key", "k", "--secret-key", "s", "--quiet"]
+    load = ["--op", "put", "--size", "4KiB", "--duration", "1.5", "--concurrency", "8"]
+    proc = _bench("run", *common, *load, "--server-pid", str(noop.pid), "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cpu = json.loads(out.read_text())["cpu"]
+    assert 0.05 < cpu["server_cores"] <= cpu["machine_cores"] + 0.05
+    assert cpu["server_core_ms_per_op"] > 0 and cpu["machine_core_ms_per_mb"] > 0
+    assert "/op" in proc.stdout.splitlines()[2]  # the run's row: server CPU per request
+    plain = _bench("run", *common, *load, "--json", str(out))  # no server named: machine only
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    cpu = json.loads(out.read_text())["cpu"]
+    assert "server_cores" not in cpu and cpu["machine_cores"] > 0
+
+
+def test_suite_markdown_shows_cpu_columns() -> None:
+    run = {"label": "strata get random", "op": "get", "size": 64 << 20, "concurrency": 4, "mb_per_s": 1500.0}
+    run |= {"ops_per_s": 22.4, "p50_ms": 180.0, "p99_ms": 260.0, "cpu": {"machine_cores": 1.72}}
+    run["cpu"]["server_core_ms_per_mb"] = 0.851
+    ceiling = {"encode_mb_per_s": 500.0, "decode_mb_per_s": 4000.0}
+    before = {**ceiling, "encode_core_ms_per_mb": 3.9, "decode_core_ms_per_mb": 0.5}
+    after = {**ceiling, "encode_core_ms_per_mb": 3.7, "decode_core_ms_per_mb": 0.6}
+    doc = {
+        "runs": [run],
+        "ratios": {},
+        "targets": {},
+        "ceilings": {"random": {**ceiling, "before": before, "after": after}},
+    }
+    lines = suite_markdown(doc).splitlines()
+    assert lines[2].endswith("| 1.72 | 0.851 |")
+    assert lines[3].endswith("| 3.70 / 0.500 (codec) |")  # the cheaper of before and after
