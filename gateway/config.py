@@ -89,6 +89,10 @@ class StorageConfig:
     # VMs where fresh guest pages are dear, large PUTs need ~40% less CPU, but a new pack is
     # read from the disk, not the page cache, the first time (bench/README.md, session 7).
     direct_writes: bool = False
+    # Local packs (the embedded backend): the most recently written this many bytes stay in
+    # the page cache; older packs are dropped from it, so new writes reuse warm pages instead
+    # of growing the cache (gateway/backends/page_cache.py). 0 = the kernel keeps everything.
+    write_cache_window: int = 1024 * MiB
 
     @property
     def cpu_workers(self) -> int:

@@ -86,7 +86,10 @@ def open_backend(
     check_backend_config(b)
     if not b.bucket:
         return LocalBlobBackend(
-            config.storage.data_dir / "blobs", clear_stale=serving, direct_writes=config.storage.direct_writes
+            config.storage.data_dir / "blobs",
+            clear_stale=serving,
+            direct_writes=config.storage.direct_writes,
+            write_cache_window=config.storage.write_cache_window,
         )
     spool = config.storage.data_dir / "spool"
     primary = ResilientBackend(

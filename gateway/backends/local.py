@@ -10,7 +10,8 @@ through a page-aligned staging buffer per I/O thread: the bytes go to the disk w
 passing through (and growing) the page cache. On a VM whose fresh guest pages are expensive
 to touch, that halves the CPU of a large PUT; the price is that a new pack is not in the
 page cache when it is first read (see bench/README.md). Where ``O_DIRECT`` is refused, the
-writer falls back to ordinary writes.
+writer falls back to ordinary writes. Without it, only the most recently written blobs stay
+in the page cache (``storage.write_cache_window``, :mod:`gateway.backends.page_cache`).
 
 Committed blobs are immutable (never truncated or rewritten in place: repacking writes new
 packs and unlinks old ones), so :meth:`LocalBlobBackend.map_range` can hand out read-only
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.backends.base import BlobInfo
+from gateway.backends.page_cache import RecentWrites, drop_cached
 from gateway.buffers import byte_view
 from gateway.libc import function
 
@@ -232,6 +234,9 @@ class LocalBlobWriter:
                 self._tmp.unlink(missing_ok=True)
                 raise
             _fsync_dir(self._final.parent)
+            if self._direct is None:  # written through the page cache: it joins the window
+                for old in self._backend.recent_writes.add(self._final, self._size):
+                    drop_cached(old)
 
         self._closed = True
         await self._backend.run(publish)
@@ -252,12 +257,21 @@ class LocalBlobBackend:
     """Blobs as files under ``root``; temp files under ``root/.tmp``."""
 
     def __init__(
-        self, root: Path, io_threads: int = 4, clear_stale: bool = True, direct_writes: bool = False
+        self,
+        root: Path,
+        io_threads: int = 4,
+        clear_stale: bool = True,
+        direct_writes: bool = False,
+        write_cache_window: int = 0,
     ) -> None:
         """``clear_stale=False`` for admin commands beside a live gateway, whose in-flight
-        uploads own the temp files. ``direct_writes``: write blobs with O_DIRECT."""
+        uploads own the temp files. ``direct_writes``: write blobs with O_DIRECT.
+        ``write_cache_window``: bytes of the most recently written blobs kept in the page
+        cache; older ones are dropped from it (:mod:`gateway.backends.page_cache`; 0 = keep
+        everything)."""
         self.root = root.resolve()
         self._direct_writes = direct_writes and bool(_O_DIRECT)
+        self.recent_writes = RecentWrites(write_cache_window)
         self._tmpdir = root / ".tmp"
         self._tmpdir.mkdir(parents=True, exist_ok=True)
         for stale in self._tmpdir.iterdir() if clear_stale else ():  # left by a crash mid-upload

@@ -24,6 +24,13 @@ async def test_local_by_default(tmp_path: Path) -> None:
     try:
         assert isinstance(backend, LocalBlobBackend) and backend_jobs(backend) == []
         assert backend.root == (tmp_path / "blobs").resolve()
+        assert backend.recent_writes.window == StorageConfig().write_cache_window == 1024**3
+    finally:
+        await backend.close()
+    cfg = Config(storage=StorageConfig(data_dir=tmp_path, write_cache_window=0))
+    backend = open_backend(cfg)
+    try:
+        assert isinstance(backend, LocalBlobBackend) and backend.recent_writes.window == 0
     finally:
         await backend.close()
 
