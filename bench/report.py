@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import OPS, Summary
-from bench.units import MB, format_size
+from bench.units import MB, MiB, format_size
 
 
 def _cell(value: Any) -> str:
@@ -74,13 +74,10 @@ def _cpu_cells(s: Summary) -> list[Any]:
     cpu = s.cpu
     if cpu is None:
         return [None, None, None]
-    if s.size >= 1024 * 1024:
-        per = cpu.server_ms_per(s.total.nbytes / MB)
-        cost: Any = per
-    else:
-        per = cpu.server_ms_per(s.total.count)
-        cost = None if per is None else f"{per:.3f}/op"
-    return [cpu.machine_cores, cpu.server_cores, cost]
+    if s.size >= MiB:
+        return [cpu.machine_cores, cpu.server_cores, cpu.server_ms_per(s.total.nbytes / MB)]
+    per_op = cpu.server_ms_per(s.total.count)
+    return [cpu.machine_cores, cpu.server_cores, None if per_op is None else f"{per_op:.3f}/op"]
 
 
 def run_rows(summaries: Sequence[Summary]) -> list[list[Any]]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.cpu import CpuUse
-from bench.units import mb_per_s
+from bench.units import MB, mb_per_s
 
 OPS = ("put", "get", "head", "delete", "list")
 OP_CODE = {name: i for i, name in enumerate(OPS)}
@@ -159,7 +159,7 @@ class Summary:
         if self.error_samples:
             out["error_samples"] = self.error_samples
         if self.cpu is not None:
-            out["cpu"] = self.cpu.to_json(t.nbytes / 1e6, t.count)
+            out["cpu"] = self.cpu.to_json(t.nbytes / MB, t.count)
         return out
 
 
