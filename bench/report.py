@@ -212,10 +212,7 @@ def suite_markdown(doc: dict[str, Any]) -> str:
         detail = " / ".join(
             f"{x.get('encode_mb_per_s', 0):.0f}+{x.get('decode_mb_per_s', 0):.0f}" for x in seen if x
         )
-        costs = " / ".join(
-            _cell(min((x[k] for x in seen if x.get(k)), default=None))
-            for k in ("encode_core_ms_per_mb", "decode_core_ms_per_mb")
-        )
+        costs = " / ".join(_cell(c.get(f"{phase}_core_ms_per_mb")) for phase in ("encode", "decode"))
         lines.append(
             f"| ceiling {kind} encode / decode (best of before/after: {detail}) "
             f"| {c['encode_mb_per_s']:.1f} / {c['decode_mb_per_s']:.1f} | | | | | | {costs} (codec) |"

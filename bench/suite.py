@@ -72,6 +72,12 @@ def cpu_bound_mb_per_s(cores: float, *costs: float | None) -> float | None:
     return 1000.0 * cores / sum(c for c in costs if c is not None)
 
 
+def codec_cost(phase: str, *measurements: dict[str, Any]) -> float | None:
+    """The codec's core-ms per MB for ``phase`` ("encode" / "decode"): the lowest of the
+    ceiling ``measurements`` (other load only ever adds CPU), None if none has it."""
+    return min((c for m in measurements if (c := m.get(f"{phase}_core_ms_per_mb"))), default=None)
+
+
 def target_of(name: str) -> tuple[float, str]:
     return TARGETS[name.split("[", 1)[0]]
 
@@ -240,9 +246,11 @@ class Suite:
         after = self._ceiling(kind)
         encode = max(before["encode_mb_per_s"], after["encode_mb_per_s"])
         decode = max(before["decode_mb_per_s"], after["decode_mb_per_s"])
+        costs = {f"{p}_core_ms_per_mb": codec_cost(p, before, after) for p in ("encode", "decode")}
         self.result.ceilings[kind] = {
             "encode_mb_per_s": encode,
             "decode_mb_per_s": decode,
+            **costs,
             "before": before,
             "after": after,
         }
@@ -260,9 +268,7 @@ class Suite:
             ("put", "put_vs_encode", encode, http_put, "encode"),
             ("get", "get_vs_decode", decode, http_get, "decode"),
         ):
-            codec_costs = [c.get(f"{phase}_core_ms_per_mb") for c in (before, after)]
-            codec_cost = min((c for c in codec_costs if c), default=None)
-            bound = cpu_bound_mb_per_s(cores, codec_cost, self.http_cost.get(op))
+            bound = cpu_bound_mb_per_s(cores, costs[f"{phase}_core_ms_per_mb"], self.http_cost.get(op))
             if bound is not None:
                 info[f"{name}_cpu_bound[{kind}]"] = bound / min(rate, http)
 

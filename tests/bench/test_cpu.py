@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.cpu import CpuUse, CpuWindow, machine_busy_seconds, process_cpu_seconds
-from bench.suite import cpu_bound_mb_per_s
+from bench.suite import codec_cost, cpu_bound_mb_per_s
 
 TICK = os.sysconf("SC_CLK_TCK")
 LINUX = Path("/proc/self/stat").exists()
@@ -122,3 +122,11 @@ def test_use_per_unit_and_json() -> None:
 def test_cpu_bound(cores: int, costs: tuple[float | None, ...], expected: float | None) -> None:
     got = cpu_bound_mb_per_s(cores, *costs)
     assert got == (None if expected is None else pytest.approx(expected))
+
+
+def test_codec_cost_is_the_cheapest_measurement_that_has_one() -> None:
+    before = {"encode_core_ms_per_mb": 3.9, "decode_core_ms_per_mb": None}
+    after = {"encode_core_ms_per_mb": 3.7, "decode_core_ms_per_mb": 0.6}
+    assert codec_cost("encode", before, after) == 3.7
+    assert codec_cost("decode", before, after) == 0.6  # a missing figure is skipped
+    assert codec_cost("decode", before, {}) is None

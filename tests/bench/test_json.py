@@ -13,6 +13,7 @@ import pytest
 from bench.report import suite_markdown
 from bench.server import NoopServer, inherited_settings
 from bench.stats import OpLog, summarize
+from bench.suite import codec_cost
 
 REQUIRED = {
     "mb_per_s",
@@ -194,6 +195,7 @@ def test_suite_markdown_shows_cpu_columns() -> None:
     ceiling = {"encode_mb_per_s": 500.0, "decode_mb_per_s": 4000.0}
     before = {**ceiling, "encode_core_ms_per_mb": 3.9, "decode_core_ms_per_mb": 0.5}
     after = {**ceiling, "encode_core_ms_per_mb": 3.7, "decode_core_ms_per_mb": 0.6}
+    ceiling |= {f"{p}_core_ms_per_mb": codec_cost(p, before, after) for p in ("encode", "decode")}
     doc = {
         "runs": [run],
         "ratios": {},
