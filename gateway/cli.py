@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway.config import Config, load_config, with_overrides
 from gateway.maintenance.lease import LeaseBusy
-from gateway.memory import tune_malloc
+from gateway.memory import freeze_startup_heap, tune_malloc
 
 # Operator commands that live in their own modules (gateway/commands/*.py). Each module
 # provides ``register(subparsers, common)`` to add its parser (setting ``run`` as the parser
@@ -127,6 +127,7 @@ async def _serve(config: Config) -> None:
     app = build_app(rt)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    freeze_startup_heap()  # everything alive now lives as long as the server
     tls = _ssl_context(config)
     site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=tls)
     await site.start()

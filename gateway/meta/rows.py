@@ -22,12 +22,22 @@ UPLOAD_COLUMNS = (
 )
 
 
+def _text(d: dict[str, Any]) -> str:
+    """``d`` as JSON text; most are empty, and ``json.dumps`` costs ~2 us even for that."""
+    return json.dumps(d) if d else "{}"
+
+
+def _dict(text: str) -> dict[str, Any]:
+    """The inverse of :func:`_text` (a fresh dict every time: records are not shared)."""
+    return {} if text == "{}" else json.loads(text)
+
+
 def version_values(v: ObjectVersion) -> tuple[Any, ...]:
     """The values of :data:`OBJECT_COLUMNS` for ``v``."""
     return (
         v.bucket, v.key, v.version_id, v.size, v.etag, v.last_modified, v.manifest.encode(),
-        v.content_type, json.dumps(v.headers), json.dumps(v.user_meta), json.dumps(v.checksum),
-        v.parts, v.storage_class, v.delete_marker, json.dumps(v.tags),
+        v.content_type, _text(v.headers), _text(v.user_meta), _text(v.checksum),
+        v.parts, v.storage_class, v.delete_marker, _text(v.tags),
     )  # fmt: skip
 
 
@@ -42,13 +52,13 @@ def version_from_row(row: Sequence[Any]) -> ObjectVersion:
         last_modified=row[5],
         manifest=Manifest.decode(row[6]),
         content_type=row[7],
-        headers=json.loads(row[8]),
-        user_meta=json.loads(row[9]),
-        checksum=json.loads(row[10]),
+        headers=_dict(row[8]),
+        user_meta=_dict(row[9]),
+        checksum=_dict(row[10]),
         parts=row[11],
         storage_class=row[12],
         delete_marker=bool(row[13]),
-        tags=json.loads(row[14]),
+        tags=_dict(row[14]),
         is_latest=bool(row[15]),
     )
 
@@ -56,14 +66,14 @@ def version_from_row(row: Sequence[Any]) -> ObjectVersion:
 def upload_values(u: MultipartUpload) -> tuple[Any, ...]:
     """The values of :data:`UPLOAD_COLUMNS` for ``u``."""
     return (
-        u.upload_id, u.bucket, u.key, u.initiated, u.owner, u.content_type, json.dumps(u.headers),
-        json.dumps(u.user_meta), u.checksum_algorithm, u.checksum_type, json.dumps(u.tags),
+        u.upload_id, u.bucket, u.key, u.initiated, u.owner, u.content_type, _text(u.headers),
+        _text(u.user_meta), u.checksum_algorithm, u.checksum_type, _text(u.tags),
     )  # fmt: skip
 
 
 def upload_from_row(row: Sequence[Any]) -> MultipartUpload:
     """An upload from a row that starts with the values of :data:`UPLOAD_COLUMNS`."""
     return MultipartUpload(
-        row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), json.loads(row[7]),
-        row[8], row[9], json.loads(row[10]),
+        row[0], row[1], row[2], row[3], row[4], row[5], _dict(row[6]), _dict(row[7]),
+        row[8], row[9], _dict(row[10]),
     )  # fmt: skip
