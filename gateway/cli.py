@@ -127,7 +127,8 @@ async def _serve(config: Config) -> None:
     app = build_app(rt)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    freeze_startup_heap()  # everything alive now lives as long as the server
+    frozen = freeze_startup_heap()  # everything alive now lives as long as the server
+    logging.getLogger("strata").debug("froze %d startup objects out of the collector's scans", frozen)
     tls = _ssl_context(config)
     site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=tls)
     await site.start()

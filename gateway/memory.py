@@ -33,7 +33,10 @@ each (0.105 s in all, as much as the 297 young collections together). :func:`fre
 moves everything alive once the server is up into the collector's permanent generation,
 which it never scans: the same run's full collections then took ~1 ms each. Cycles made
 later are still collected as before, and the thresholds stay at Python's defaults, so a
-cycle holding a large buffer is not kept longer.
+cycle holding a large buffer is not kept longer. The price: a frozen object that later
+becomes unreachable only through a cycle is never freed. What is alive at that point (the
+runtime, the app, its pools and background tasks) lives as long as the process, so at
+worst that is part of the startup heap, once.
 """
 
 from __future__ import annotations
