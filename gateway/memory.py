@@ -29,7 +29,8 @@ The cyclic garbage collector is the other process-wide cost. Importing the gatew
 libraries (aiohttp, aioboto3, botocore, cryptography...) leaves ~80,000 container objects
 that live as long as the process, and every full collection walks all of them: during 11 s
 of 4 KiB PUTs at concurrency 32, three full collections stopped the event loop for ~35 ms
-each (0.105 s in all, as much as the 297 young collections together). :func:`freeze_startup_heap`
+each (0.105 s in all, about as much as the 325 younger-generation collections together).
+:func:`freeze_startup_heap`
 moves everything alive once the server is up into the collector's permanent generation,
 which it never scans: the same run's full collections then took ~1 ms each. Cycles made
 later are still collected as before, and the thresholds stay at Python's defaults, so a

@@ -23,7 +23,8 @@ UPLOAD_COLUMNS = (
 
 
 def _text(d: dict[str, Any]) -> str:
-    """``d`` as JSON text; most are empty, and ``json.dumps`` costs ~2 us even for that."""
+    """``d`` as JSON text. Most are empty, and ``json.dumps({})`` costs ~1.8 us (``json.loads``
+    of it ~1.3 us) on every version written or read."""
     return json.dumps(d) if d else "{}"
 
 

@@ -42,11 +42,12 @@ def test_upload_round_trip_and_json_columns(d: dict[str, str]) -> None:
     assert upload_from_row(values) == u
 
 
-def test_rows_written_before_read_back_the_same() -> None:
-    """Old rows hold ``json.dumps`` text with spacing; reading does not depend on "{}" alone."""
+def test_a_non_empty_json_column_is_parsed() -> None:
+    """Only the exact text "{}" takes the shortcut; anything else is parsed as JSON."""
     row = list(version_values(ObjectVersion(
         bucket="b", key="k", version_id="v", size=0, etag="e", last_modified=0.0,
         manifest=Manifest((), ()), content_type="x",
     )))  # fmt: skip
-    row[8] = '{"x-a": "1"}'
-    assert version_from_row((*row, 0)).headers == {"x-a": "1"}
+    row[8], row[9] = '{"x-a": "1"}', "{ }"
+    back = version_from_row((*row, 0))
+    assert (back.headers, back.user_meta) == ({"x-a": "1"}, {})
