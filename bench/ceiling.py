@@ -29,6 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.cpu import core_ms_per
 from bench.data import PayloadSource
 from bench.progress import Progress
 from bench.units import MB, GiB, MiB, format_size, mb_per_s
@@ -132,6 +133,10 @@ def _keep_busy(
     return done_bytes, time.perf_counter() - start
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def run_ceiling(spec: CeilingSpec) -> dict[str, Any]:
     """Measure encode and decode throughput; returns the JSON-ready result."""
     if spec.size * spec.streams > 4 * GiB:
@@ -182,8 +187,8 @@ def run_ceiling(spec: CeilingSpec) -> dict[str, Any]:
         "encode_mb_per_s": round(mb_per_s(encoded, encode_s), 3),
         "decode_mb_per_s": round(mb_per_s(decoded, decode_s), 3),
         # CPU per MB, from every thread of this process: the codec's cost, whatever the load
-        "encode_core_ms_per_mb": round(1000 * (cpu1 - cpu0) / (encoded / MB), 4) if encoded else None,
-        "decode_core_ms_per_mb": round(1000 * (cpu2 - cpu1) / (decoded / MB), 4) if decoded else None,
+        "encode_core_ms_per_mb": _rounded(core_ms_per(cpu1 - cpu0, encoded / MB)),
+        "decode_core_ms_per_mb": _rounded(core_ms_per(cpu2 - cpu1, decoded / MB)),
         "encode_seconds": round(encode_s, 3),
         "decode_seconds": round(decode_s, 3),
         "stored_over_plain": round(stored / plain, 4) if plain else None,

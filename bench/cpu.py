@@ -50,6 +50,11 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(rest[11]) + int(rest[12])) / _TICK  # fields 14 and 15: utime, stime
 
 
+def core_ms_per(cpu_seconds: float, units: float) -> float | None:
+    """CPU milliseconds per unit of work (MB, operation); None when no work was done."""
+    return None if units <= 0 else 1000.0 * cpu_seconds / units
+
+
 @dataclass(frozen=True)
 class CpuUse:
     """CPU used over ``seconds`` of wall time: ``machine`` and ``server`` CPU seconds."""
@@ -68,11 +73,11 @@ class CpuUse:
 
     def server_ms_per(self, units: float) -> float | None:
         """Server CPU milliseconds per unit (MB, operation) when ``units`` were done."""
-        return None if self.server is None or units <= 0 else 1000.0 * self.server / units
+        return None if self.server is None else core_ms_per(self.server, units)
 
     def machine_ms_per(self, units: float) -> float | None:
         """Machine CPU milliseconds per unit (client, server and everything else)."""
-        return None if units <= 0 else 1000.0 * self.machine / units
+        return core_ms_per(self.machine, units)
 
     def to_json(self, mb: float, ops: int) -> dict[str, float]:
         out = {"machine_cores": round(self.machine_cores, 3)}

@@ -116,12 +116,11 @@ def run_small(spec: SmallSpec) -> SmallResult:
         noop = None if spec.noop_endpoint else NoopServer(Path(tmp) / "noop.log", size=spec.size).start()
         try:
             noop_endpoint = spec.noop_endpoint or (noop.endpoint if noop else "")
-            noop_pid = noop.pid if noop else None
+            noop_spec = replace(base, endpoint=noop_endpoint, server_pid=noop.pid if noop else None)
             for op in spec.ops:
                 noop_runs = result.noop_rounds.setdefault(op, [])
                 target_runs = result.target_rounds.setdefault(op, [])
                 for _ in range(max(1, spec.rounds)):
-                    noop_spec = replace(base, endpoint=noop_endpoint, server_pid=noop_pid)
                     _measure(replace(noop_spec, op=op, label=f"noop {op}"), noop_runs)
                     _measure(replace(base, op=op, label=f"strata {op}"), target_runs)
         finally:

@@ -174,6 +174,11 @@ class Suite:
         self.http: dict[str, float] = {}  # no-op server MB/s for big PUT / GET
         self.http_cost: dict[str, float] = {}  # machine core-ms per MB of those no-op runs
 
+    @property
+    def server_pid(self) -> int | None:
+        """The PID of the server the suite started (None when measuring a given endpoint)."""
+        return self.server.pid if self.server is not None else None
+
     def __enter__(self) -> Suite:
         if not self.endpoint:
             self._tmp = tempfile.mkdtemp(prefix="strata-bench-")
@@ -199,7 +204,7 @@ class Suite:
             secret_key=self.secret_key,
             processes=self.spec.processes,
             progress=self.spec.progress,
-            server_pid=self.server.pid if self.server is not None else None,
+            server_pid=self.server_pid,
             **kw,
         )
         summary = run_load(spec)
@@ -321,7 +326,7 @@ class Suite:
                 objects=s.small_objects,
                 processes=s.processes,
                 progress=s.progress,
-                server_pid=self.server.pid if self.server is not None else None,
+                server_pid=self.server_pid,
             )
         )
         self.result.runs.extend(res.summaries())
