@@ -34,8 +34,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from crypto.errors import CryptoError, IntegrityError, UnknownKEKError
@@ -112,6 +110,10 @@ class AwsKmsProvider:
         enabled symmetric encryption key."""
         if not key or key == "local":
             raise ValueError(f"not a KMS key: {key!r}")
+        # aiobotocore (~18 MiB of the process) loads only when a KMS key is configured.
+        from aiobotocore.config import AioConfig
+        from aiobotocore.session import get_session
+
         config = AioConfig(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,

@@ -78,11 +78,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
 from dedup.manifest import Manifest
 from gateway.config import Config, RedisConfig
 from gateway.meta.models import Bucket, DeleteOutcome, ObjectVersion, StagedData, WriteCondition
@@ -234,9 +229,6 @@ for i = 3, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return 1
 """
 
-# What counts as "Redis is not answering": client errors, socket errors, our hard timeout.
-_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
-
 
 def _token() -> str:
     return secrets.token_hex(8)
@@ -253,6 +245,14 @@ class RedisCache:
     def __init__(self, config: RedisConfig, backoff: float = 1.0) -> None:
         if not config.url:
             raise ValueError("RedisCache needs redis.url")
+        # redis (~7 MiB of the process) loads only when a Redis URL is configured.
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+
+        # What counts as "Redis is not answering": client errors, socket errors, our hard timeout.
+        self._failures = (RedisError, OSError, TimeoutError)
         self.ttl = float(config.ttl_seconds)
         self._prefix = config.prefix.encode()
         self._timeout = config.socket_timeout
@@ -310,7 +310,7 @@ class RedisCache:
                 if self.flush_pending:
                     await self._bump_epoch()
                 result = await op()
-        except _REDIS_FAILURES as e:
+        except self._failures as e:
             await self._trip(e)
             return fallback
         if self._failing:
@@ -327,7 +327,7 @@ class RedisCache:
                 "redis cache unavailable (%s: %s); serving from the metadata store, retrying in %.1fs",
                 type(error).__name__, error, self._backoff,
             )  # fmt: skip
-        with contextlib.suppress(*_REDIS_FAILURES):  # drop every pooled connection: all
+        with contextlib.suppress(*self._failures):  # drop every pooled connection: all
             await self._redis.connection_pool.disconnect()  # are fresh after the window
 
     async def _bump_epoch(self) -> None:

@@ -2,7 +2,8 @@
 
 This module owns talking S3 for the blob backend: one aiobotocore client per backend,
 created on first use and reused for every request, and the mapping of the blob operations
-onto S3 calls.
+onto S3 calls. aiobotocore itself (~18 MiB of the process) is imported with that first
+client, so the embedded default, which never makes one, does not carry it.
 
 * A writer spools the blob to a temp file under ``spool_dir`` (memory stays bounded: a pack
   is never held in RAM) and uploads it on ``commit``: one PutObject, or a multipart upload
@@ -39,14 +40,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from awscrt import checksums
 from botocore.exceptions import ClientError
 
 from gateway.backends.base import BlobInfo
+
+if TYPE_CHECKING:
+    from aiobotocore.config import AioConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class S3Settings:
 def client_config(settings: S3Settings) -> AioConfig:
     """The botocore config of the backend client: our timeouts, no botocore retries, no
     checksums unless an operation requires one, unsigned payloads, path-style addressing."""
+    from aiobotocore.config import AioConfig  # aiobotocore loads with the first S3 client
+
     return AioConfig(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
@@ -198,6 +202,8 @@ class S3BlobBackend:
         if self._client is None:
             async with self._client_lock:
                 if self._client is None:
+                    from aiobotocore.session import get_session  # see client_config
+
                     s = self.settings
                     self._client = await self._stack.enter_async_context(
                         get_session().create_client(

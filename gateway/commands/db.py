@@ -14,12 +14,10 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
-import asyncpg
-
 from gateway.config import Config
-from gateway.meta import pg_migrations
 from gateway.meta.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from gateway.meta.sqlite import SqliteMetadataStore
 
@@ -44,7 +42,15 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     status.set_defaults(run=run_status)
 
 
-_FAILURES = (OSError, asyncpg.PostgresError, pg_migrations.SchemaError, asyncio.TimeoutError)
+def _postgres() -> tuple[ModuleType, tuple[type[BaseException], ...]]:
+    """``pg_migrations`` and the failures a PostgreSQL command reports, imported when a
+    command needs them: every ``strata`` command registers this module, ``serve`` too, and
+    the embedded default has no use for asyncpg."""
+    import asyncpg
+
+    from gateway.meta import pg_migrations
+
+    return pg_migrations, (OSError, asyncpg.PostgresError, pg_migrations.SchemaError, asyncio.TimeoutError)
 
 
 async def _migrate_sqlite(config: Config) -> None:
@@ -59,9 +65,10 @@ def run_migrate(args: argparse.Namespace, config: Config) -> int:
         asyncio.run(_migrate_sqlite(config))
         print(f"sqlite {config.storage.data_dir / 'meta.sqlite'}: schema version {SQLITE_SCHEMA_VERSION}")
         return 0
+    pg_migrations, failures = _postgres()
     try:
         applied = asyncio.run(pg_migrations.migrate(config.meta))
-    except _FAILURES as exc:
+    except failures as exc:
         print(f"strata db migrate: {exc}", file=sys.stderr)
         return 1
     for shard, versions in enumerate(applied):
@@ -77,9 +84,10 @@ def run_status(args: argparse.Namespace, config: Config) -> int:
             f"(this Strata uses schema version {SQLITE_SCHEMA_VERSION})"
         )
         return 0
+    pg_migrations, failures = _postgres()
     try:
         statuses = asyncio.run(pg_migrations.status(config.meta))
-    except _FAILURES as exc:
+    except failures as exc:
         print(f"strata db status: {exc}", file=sys.stderr)
         return 1
     print("\n".join(pg_migrations.describe(statuses)))

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from gateway.config import Config
-from gateway.meta.postgres import PostgresMetadataStore
 from gateway.meta.sqlite import SqliteMetadataStore
 from gateway.meta.store import MetadataStore
 
@@ -12,6 +11,8 @@ from gateway.meta.store import MetadataStore
 def make_store(config: Config) -> MetadataStore:
     """The configured store, not yet opened."""
     if config.meta.dsns:
+        from gateway.meta.postgres import PostgresMetadataStore  # asyncpg loads only here
+
         return PostgresMetadataStore(config.meta)
     return SqliteMetadataStore(config.storage.data_dir / "meta.sqlite")
 
