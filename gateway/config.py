@@ -63,9 +63,11 @@ class StorageConfig:
     # Size of an upload's batch buffer: the chunker's carry from the last batch, then bytes
     # copied once from the network; it is cut in place. An upload holds about one batch
     # while it waits for a slot and two while it holds one, so this sets memory per upload
-    # (16 concurrent uploads: ~25 MiB of peak RSS per MiB of batch). Below ~2 MiB, more of
-    # each batch is the carry (copied and re-scanned again) and uploads slow down.
-    ingest_batch: int = 3 * MiB
+    # (16 concurrent uploads: ~20 MiB of peak RSS per MiB of batch). Every batch copies and
+    # re-scans its carry (about one chunk), so smaller batches cost more CPU per MB: 4 MiB
+    # needs ~5% less than 3 MiB, and 16 concurrent 1 GiB PUTs peak at ~220 MiB of RSS
+    # (bench/README.md run K).
+    ingest_batch: int = 4 * MiB
     # Batches processed (cut + sealed + written) at once across all uploads.
     ingest_slots: int = 4
     # GET: adjacent records of a pack are fetched with one read of at most read_run bytes,
