@@ -2,8 +2,10 @@
 
 This module owns talking S3 for the blob backend: one aiobotocore client per backend,
 created on first use and reused for every request, and the mapping of the blob operations
-onto S3 calls. aiobotocore itself (~18 MiB of the process) is imported with that first
-client, so the embedded default, which never makes one, does not carry it.
+onto S3 calls. aiobotocore itself (~18 MiB of the process) is imported when a backend is
+built, at start-up, so the embedded default, which builds none, does not carry it. Never on
+first use: the import holds the event loop for ~0.3 s, and in the middle of traffic that
+stalls every request (and times out the Redis cache's calls).
 
 * A writer spools the blob to a temp file under ``spool_dir`` (memory stays bounded: a pack
   is never held in RAM) and uploads it on ``commit``: one PutObject, or a multipart upload
@@ -80,7 +82,7 @@ class S3Settings:
 def client_config(settings: S3Settings) -> AioConfig:
     """The botocore config of the backend client: our timeouts, no botocore retries, no
     checksums unless an operation requires one, unsigned payloads, path-style addressing."""
-    from aiobotocore.config import AioConfig  # aiobotocore loads with the first S3 client
+    from aiobotocore.config import AioConfig  # loaded by S3BlobBackend() already: a lookup
 
     return AioConfig(
         connect_timeout=settings.connect_timeout,
@@ -190,6 +192,9 @@ class S3BlobBackend:
         for stale in self._spool.iterdir() if clear_stale else ():  # left by a crash mid-upload
             stale.unlink(missing_ok=True)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="s3-spool")
+        from aiobotocore.session import get_session  # now, not at the first request (module docstring)
+
+        self._new_session = get_session
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._client_lock = asyncio.Lock()
@@ -202,11 +207,9 @@ class S3BlobBackend:
         if self._client is None:
             async with self._client_lock:
                 if self._client is None:
-                    from aiobotocore.session import get_session  # see client_config
-
                     s = self.settings
                     self._client = await self._stack.enter_async_context(
-                        get_session().create_client(
+                        self._new_session().create_client(
                             "s3",
                             endpoint_url=s.endpoint,
                             region_name=s.region,
