@@ -4,8 +4,8 @@ This module owns talking S3 for the blob backend: one aiobotocore client per bac
 created on first use and reused for every request, and the mapping of the blob operations
 onto S3 calls. aiobotocore itself (~18 MiB of the process) is imported when a backend is
 built, at start-up, so the embedded default, which builds none, does not carry it. Never on
-first use: the import holds the event loop for ~0.3 s, and in the middle of traffic that
-stalls every request (and times out the Redis cache's calls).
+first use: the import holds the event loop for ~0.25 s, and in the middle of traffic that
+stalls every request (long enough to time out the Redis cache's calls).
 
 * A writer spools the blob to a temp file under ``spool_dir`` (memory stays bounded: a pack
   is never held in RAM) and uploads it on ``commit``: one PutObject, or a multipart upload
