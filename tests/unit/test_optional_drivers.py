@@ -2,8 +2,8 @@
 
 aiobotocore (S3 backend, KMS), redis (shared cache), asyncpg (sharded PostgreSQL) and aiokafka are
 imported when the config builds the component that needs them, at start-up: never on first
-use, where the import (~0.3 s holding the GIL) would stall the event loop in the middle of
-traffic and time out the Redis cache's calls. Loading them all made the idle embedded server
+use, where the import (~0.25 s holding the GIL) would stall the event loop in the middle of
+traffic, long enough to time out the Redis cache's calls. Loading them all made the idle embedded server
 86 MiB of RSS instead of 66, and upload memory is bounded against the total (bench/README.md
 run K). The first test runs `strata serve`'s start-up path (the command-line parser with
 every command registered, the runtime, the app) in a fresh interpreter and reads its
