@@ -16,6 +16,11 @@ Covered here:
   what aiohttp will not send): a 5 MiB GET, keep-alive reuse counted on both sides, a 404
   with an XML body, ``Connection: close``, a chunked response, the timeout, a server that
   closes an idle connection, and the same big-GET path under uvloop, which the benchmark uses.
+* The receive low-water mark (``SO_RCVLOWAT``): a table for :func:`low_water`; a hypothesis
+  property, through a recording fake socket, that any split of a large response never asks
+  the kernel to wait for more bytes than are still due (the read would then hang) and ends
+  at 1; and real sockets, under asyncio and uvloop, where a body of no round size completes
+  and the socket reads back 1 afterwards.
 * ``request_head``: exact bytes.
 
 Two bugs these tests found are fixed and pinned: digits that ``str.isdigit`` accepts but
@@ -28,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,6 +46,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.lean_get import (
+    LOW_WATER_BODY,
     MAX_ERROR_BODY,
     MAX_HEAD,
     RECV_BUFFER,
@@ -48,6 +55,7 @@ from bench.lean_get import (
     LeanGetPool,
     Response,
     _Connection,
+    low_water,
     parse_head,
     request_head,
 )
@@ -263,12 +271,29 @@ def test_parse_head_returns_a_consistent_head_or_raises_lean_get_error(raw: byte
 # ---------------------------------------------------------------------------------------
 
 
-class FakeTransport:
-    """Just what ``_Connection`` touches: records writes and whether it was closed."""
+class FakeSocket:
+    """Records every ``SO_RCVLOWAT`` set, with the body bytes still due at that moment."""
 
     def __init__(self) -> None:
+        self.conn: _Connection | None = None
+        self.low_waters: list[tuple[int, int]] = []  # (value set, bytes still due)
+        self.low_water = 1  # the kernel's current setting
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        if (level, option) == (socket.SOL_SOCKET, socket.SO_RCVLOWAT):
+            assert self.conn is not None
+            self.low_waters.append((value, self.conn._left))
+            self.low_water = value
+
+
+class FakeTransport:
+    """Just what ``_Connection`` touches: records writes and whether it was closed, and
+    hands out ``sock`` as its socket if one is given."""
+
+    def __init__(self, sock: FakeSocket | None = None) -> None:
         self.written = bytearray()
         self.closed = False
+        self.sock = sock
 
     def write(self, data: bytes) -> None:
         self.written += data
@@ -280,13 +305,17 @@ class FakeTransport:
         return self.closed
 
     def get_extra_info(self, name: str, default: object = None) -> object:
-        return None
+        return self.sock if name == "socket" else None
 
 
-def make_conn(bufsize: int = RECV_BUFFER) -> tuple[_Connection, FakeTransport, memoryview]:
+def make_conn(
+    bufsize: int = RECV_BUFFER, sock: FakeSocket | None = None
+) -> tuple[_Connection, FakeTransport, memoryview]:
     buffer = memoryview(bytearray(bufsize))
     conn = _Connection(buffer)
-    transport = FakeTransport()
+    transport = FakeTransport(sock)
+    if sock is not None:
+        sock.conn = conn
     conn.connection_made(cast(asyncio.BaseTransport, transport))
     return conn, transport, buffer
 
@@ -442,6 +471,65 @@ async def _check_exchange(ex: Exchange) -> None:
 @given(exchanges())
 def test_connection_counts_any_split_of_a_valid_response(ex: Exchange) -> None:
     asyncio.run(_check_exchange(ex))
+
+
+# ---------------------------------------------------------------------------------------
+# The receive low-water mark
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("length", "left", "buffer", "expected"),
+    [
+        (0, 0, RECV_BUFFER, 1),
+        (4096, 4096, RECV_BUFFER, 1),  # small bodies: wake for any byte, as before
+        (LOW_WATER_BODY - 1, LOW_WATER_BODY - 1, RECV_BUFFER, 1),
+        (LOW_WATER_BODY, LOW_WATER_BODY, RECV_BUFFER, RECV_BUFFER),
+        (64 * MiB, 64 * MiB, RECV_BUFFER, RECV_BUFFER),
+        (64 * MiB, RECV_BUFFER, RECV_BUFFER, RECV_BUFFER),
+        (64 * MiB, RECV_BUFFER - 1, RECV_BUFFER, RECV_BUFFER - 1),  # never more than is due
+        (64 * MiB, 1, RECV_BUFFER, 1),
+        (64 * MiB, 0, RECV_BUFFER, 1),  # complete: the next head may be any size
+        (64 * MiB, 5000, 1024, 1024),
+    ],
+)
+def test_low_water(length: int, left: int, buffer: int, expected: int) -> None:
+    assert low_water(length, left, buffer) == expected
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    length=st.sampled_from([LOW_WATER_BODY - 1, LOW_WATER_BODY, 3 * RECV_BUFFER + 1])
+    | st.integers(0, 3 * MiB),
+    bufsize=st.sampled_from([1024, 65536, RECV_BUFFER]),
+    cuts=st.lists(st.integers(0, 3 * MiB + 64), max_size=12),
+)
+def test_low_water_never_exceeds_what_is_due(length: int, bufsize: int, cuts: list[int]) -> None:
+    """However a response arrives, the connection never asks the kernel to wait for more
+    bytes than the body still owes (a real read would then never wake), and it is back
+    at 1 once the body is complete, for the next response's head."""
+
+    async def scenario() -> None:
+        sock = FakeSocket()
+        conn, transport, _ = make_conn(bufsize, sock)
+        updated = conn.buffer_updated
+
+        def checked(nbytes: int) -> None:  # after every read, as the kernel would see it
+            updated(nbytes)
+            assert 1 <= sock.low_water <= max(1, conn._left)
+
+        conn.buffer_updated = checked  # type: ignore[method-assign]
+        for round_ in range(2):  # and again on the same connection
+            task = await start_request(conn)
+            feed(conn, transport, split(response_bytes(200, pattern(length, round_)), cuts))
+            assert await outcome(task) == Response(200, length, b"", True)
+            assert sock.low_water == 1
+            if length < LOW_WATER_BODY:
+                assert sock.low_waters == []
+            elif length > 2 * bufsize:
+                assert max(v for v, _ in sock.low_waters) == bufsize  # it was used
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize(
@@ -643,6 +731,7 @@ async def test_request_is_refused_unless_the_connection_is_idle() -> None:
 # ---------------------------------------------------------------------------------------
 
 BIG = pattern(5 * MiB, seed=5)
+ODD = pattern(3 * MiB + 12_345, seed=6)
 ERROR_XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
     "<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message>"
@@ -682,6 +771,16 @@ async def aiohttp_server() -> AsyncIterator[Server]:
     async def small(request: web.Request) -> web.Response:
         return web.Response(body=b"small")
 
+    async def odd(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = len(ODD)
+        await response.prepare(request)
+        for i in range(0, len(ODD), 300_001):  # pieces of no round size, with pauses
+            await response.write(ODD[i : i + 300_001])
+            await asyncio.sleep(0.001)
+        await response.write_eof()
+        return response
+
     async def missing(request: web.Request) -> web.Response:
         return web.Response(status=404, text=ERROR_XML, content_type="application/xml")
 
@@ -707,6 +806,7 @@ async def aiohttp_server() -> AsyncIterator[Server]:
     for path, handler in [
         ("/big", big),
         ("/small", small),
+        ("/odd", odd),
         ("/missing", missing),
         ("/close", close),
         ("/chunked", chunked),
@@ -764,8 +864,24 @@ async def _big_get_then_reuse(server: Server) -> None:
     assert pool._idle == []
 
 
+async def _odd_get_with_low_water(server: Server) -> None:
+    """A large body of no round size, sent in uneven pieces, arrives whole through a real
+    socket's low-water mark (none of its tail is left waiting), and the socket is back at 1."""
+    async with spied_pool(server.port) as (pool, made):
+        assert await pool.get(server.head("/odd")) == Response(200, len(ODD), b"", True)
+        assert await pool.get(server.head("/small")) == Response(200, 5, b"", True)
+        assert len(made) == 1
+        sock = made[0]._sock
+        assert sock is not None and made[0]._low_water == 1
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+
+
 async def test_pool_big_get_counts_5_mib_and_reuses_the_connection(server: Server) -> None:
     await _big_get_then_reuse(server)
+
+
+async def test_pool_odd_sized_big_get_completes_through_the_low_water_mark(server: Server) -> None:
+    await _odd_get_with_low_water(server)
 
 
 def test_pool_big_get_under_uvloop() -> None:
@@ -774,6 +890,7 @@ def test_pool_big_get_under_uvloop() -> None:
     async def scenario() -> None:
         async with aiohttp_server() as s:
             await _big_get_then_reuse(s)
+            await _odd_get_with_low_water(s)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
