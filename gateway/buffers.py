@@ -11,13 +11,17 @@ reused only when no view of it is alive any more. A ``bytearray`` refuses to be 
 any view of it exists: that refusal is the test, exact and cheap. Nothing is ever read from a
 buffer before a record has been decrypted over the part of it that is handed out.
 
+A run of pieces can also be handed out *before* it is decrypted, as a :class:`Deferred`: its
+views are reachable only through :meth:`Deferred.open`, which decrypts them first. So a
+buffer that still holds an earlier response's plaintext can never be read by mistake.
+
 :func:`byte_view` is the gateway's one way to see any buffer as flat bytes.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 MiB = 1024 * 1024
 GRAIN = 256 * 1024  # buffers are allocated in multiples of this, so they fit more chunks
@@ -79,3 +83,31 @@ class BufferRecycler:
                 if self._bytes + len(buf) <= self._max:
                     self._held.append(buf)
                     self._bytes += len(buf)
+
+
+class Deferred:
+    """Pieces of a response whose bytes are not written yet: :meth:`open` writes them (it
+    decrypts, so call it off the event loop) and only then hands the views out. ``nbytes``
+    is known before."""
+
+    __slots__ = ("_fill", "_pieces", "nbytes")
+
+    def __init__(self, fill: Callable[[], object], pieces: list[memoryview]) -> None:
+        self._fill: Callable[[], object] | None = fill
+        self._pieces: list[memoryview] | None = pieces
+        self.nbytes = sum(p.nbytes for p in pieces)
+
+    def open(self) -> list[memoryview]:
+        """Write the pieces' bytes (once) and return the pieces. Not for two threads at once;
+        after a failed call the next one runs the fill again."""
+        if self._pieces is None:
+            raise RuntimeError("this run was discarded: the stream it came from moved on")
+        if self._fill is not None:
+            self._fill()  # on failure it stays set: no later call hands out unwritten views
+            self._fill = None
+        return self._pieces
+
+    def discard(self) -> None:
+        """Drop the fill and the pieces, opened or not (what the fill holds, such as a
+        memory map of a pack, is released now, whoever still holds this object)."""
+        self._fill = self._pieces = None

@@ -18,6 +18,10 @@ Rules that keep it exact:
   long, and memory stays bounded by the transport's flow control, as before.
 - Runs smaller than ``min_piece`` (and everything over TLS, or where the transport has no
   socket) take the ordinary path.
+- A run may come unopened (a :class:`~gateway.buffers.Deferred`, see
+  :mod:`gateway.readpath`): the send thread opens (decrypts) it and writes it in one task.
+  A small one is opened by a thread of the pool too, never on the event loop, before it
+  takes the ordinary path. If opening fails, nothing of that run is written.
 - The duplicate descriptor is closed only when no thread uses it any more, even when the
   request is cancelled mid-write; a socket error surfaces as ``ConnectionResetError``.
 """
@@ -33,6 +37,8 @@ from concurrent.futures import Executor
 from typing import Any
 
 from aiohttp import web
+
+from gateway.buffers import Deferred
 
 MIN_PIECE = 256 * 1024
 PATIENCE = 0.05  # seconds a send thread waits for a full socket before giving the rest back
@@ -73,6 +79,11 @@ def send_some(fd: int, pieces: Sequence[memoryview], patience: float) -> int:
         sent += n
         left = rest_of(left, n)
     return sent
+
+
+def open_and_send(fd: int, run: Sequence[memoryview] | Deferred, patience: float) -> int:
+    """One send thread's task: open ``run`` if it is deferred, then :func:`send_some` it."""
+    return send_some(fd, run.open() if isinstance(run, Deferred) else run, patience)
 
 
 async def write_each(resp: web.StreamResponse, pieces: Sequence[memoryview]) -> None:
@@ -123,10 +134,14 @@ class ThreadedBodyWriter:
             return None
         return cls(resp, transport, fd, pool, **options)  # type: ignore[arg-type]
 
-    async def write(self, pieces: Sequence[memoryview]) -> None:
-        """Send ``pieces`` in order (a thread writes them when they are large enough)."""
-        if self._closed or sum(p.nbytes for p in pieces) < self._min_piece:
-            await write_each(self._resp, pieces)
+    async def write(self, run: Sequence[memoryview] | Deferred) -> None:
+        """Send a run of pieces in order (a thread writes them when they are large enough;
+        a deferred run is opened by a thread first)."""
+        size = run.nbytes if isinstance(run, Deferred) else sum(p.nbytes for p in run)
+        if self._closed or size < self._min_piece:
+            if isinstance(run, Deferred):
+                run = await asyncio.wrap_future(self._pool.submit(run.open))
+            await write_each(self._resp, run)
             return
         if not self._started:  # aiohttp sends the status line and headers (it may hold them)
             self._started = True
@@ -134,7 +149,7 @@ class ThreadedBodyWriter:
         if self._transport.is_closing():
             raise ConnectionResetError("the client connection is closing")
         await self._flushed()
-        future = self._pool.submit(send_some, self._fd, pieces, self._patience)
+        future = self._pool.submit(open_and_send, self._fd, run, self._patience)
         self._inflight = future
         try:
             sent = await asyncio.wrap_future(future)
@@ -142,6 +157,7 @@ class ThreadedBodyWriter:
             self._transport.abort()
             raise ConnectionResetError(f"sending the response body failed: {e}") from e
         self._inflight = None
+        pieces = run.open() if isinstance(run, Deferred) else run  # opened by now: no work
         await write_each(self._resp, rest_of(pieces, sent))  # a slow client: the transport buffers it
 
     async def _flushed(self) -> None:

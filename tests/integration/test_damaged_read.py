@@ -24,7 +24,20 @@ def _packs(server: StrataServer) -> set[Path]:
     return set((server.blobs_dir / "packs").rglob("*.pack"))
 
 
-def test_damage_after_the_headers_cuts_the_connection(strata_factory: Callable[..., StrataServer]) -> None:
+def _flip_byte(pack: Path, offset: int) -> None:
+    with pack.open("r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("damage", ["lost pack", "flipped bit"])
+def test_damage_after_the_headers_cuts_the_connection(
+    strata_factory: Callable[..., StrataServer], damage: str
+) -> None:
+    """A lost pack fails when its run is read; a flipped bit when its run is opened, which
+    for a GET's later runs happens in the send thread (deferred runs, gateway/readpath.py)."""
     # small runs and one run of read-ahead: the first piece comes from the first pack only
     server = strata_factory(extra_env={"STRATA_STORAGE_READ_RUN": "262144", "STRATA_STORAGE_READ_AHEAD": "1"})
     s3: Any = make_client(server)
@@ -36,7 +49,10 @@ def test_damage_after_the_headers_cuts_the_connection(strata_factory: Callable[.
     added = _packs(server) - before
     assert added  # b's own tail went into a pack of its own; its head dedups against a
     for pack in added:
-        pack.unlink()
+        if damage == "lost pack":
+            pack.unlink()
+        else:  # the middle of b's tail: in a run after the first
+            _flip_byte(pack, pack.stat().st_size // 2)
     url = s3.generate_presigned_url("get_object", Params={"Bucket": "damaged", "Key": "b"})
     started = time.monotonic()
     received = 0
@@ -50,13 +66,24 @@ def test_damage_after_the_headers_cuts_the_connection(strata_factory: Callable[.
     assert s3.get_object(Bucket="damaged", Key="a")["Body"].read() == shared  # a is intact
 
 
-def test_damage_at_the_start_is_a_proper_error(strata_factory: Callable[..., StrataServer]) -> None:
+@pytest.mark.parametrize("damage", ["lost pack", "flipped bit"])
+def test_damage_at_the_start_is_a_proper_error(
+    strata_factory: Callable[..., StrataServer], damage: str
+) -> None:
+    """The first run is read and opened before the status line (never deferred), so damage
+    in it is a 500, not a cut connection. A chunk is at least 256 KiB, so 64 KiB into the
+    one pack of a 6 MiB object is in its first record."""
     server = strata_factory()
     s3: Any = make_client(server)
     s3.create_bucket(Bucket="lost")
     s3.put_object(Bucket="lost", Key="big", Body=os.urandom(6 * MiB))
-    for pack in _packs(server):
-        pack.unlink()
+    packs = _packs(server)
+    assert len(packs) == 1
+    for pack in packs:
+        if damage == "lost pack":
+            pack.unlink()
+        else:
+            _flip_byte(pack, 64 * 1024)
     with pytest.raises(ClientError) as err:
         s3.get_object(Bucket="lost", Key="big")
     assert err.value.response["Error"]["Code"] == "InternalError"

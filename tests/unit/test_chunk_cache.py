@@ -271,13 +271,13 @@ class RunWatch:
         self.now = self.most = self.most_ahead = 0
         real = reader._run
 
-        async def watched(ids: list[bytes], locs: list[Any]) -> list[bytes | memoryview]:
+        async def watched(ids: list[bytes], locs: list[Any], defer: bool = False) -> tuple[Any, Any]:
             self.now += 1
             self.most = max(self.most, self.now)
             self.most_ahead = max(self.most_ahead, reader.ahead_bytes)
             try:
                 await asyncio.sleep(0.002)  # long enough for the other GETs to start theirs
-                return await real(ids, locs)
+                return await real(ids, locs, defer)
             finally:
                 self.now -= 1
 

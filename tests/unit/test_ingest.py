@@ -31,15 +31,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gateway.ingest as ingest_module
+from crypto import Sealer
+from crypto.errors import IntegrityError
 from crypto.kek import KEKProvider
+from dedup import ChunkLocation, CorruptPackError, seal_chunk
 from gateway.backends.base import BlobInfo, BlobWriter, pack_blob_name
 from gateway.backends.factory import open_backend
 from gateway.backends.local import LocalBlobBackend
+from gateway.buffers import Deferred
 from gateway.config import Config, StorageConfig
 from gateway.ingest import Ingestor, IngestResult, _BodyReader
 from gateway.meta.models import Bucket, ObjectVersion
 from gateway.meta.store import MetadataStore
-from gateway.readpath import ChunkReader
+from gateway.readpath import ChunkReader, _open_into
 from gateway.runtime import open_metadata
 from gateway.s3.errors import S3Error
 
@@ -379,6 +383,108 @@ async def test_stream_runs_yields_the_range_run_by_run(env: Env, start: int, end
     assert all(run for run in runs)
     if hi - lo > 2 * reader.run_bytes:
         assert len(runs) > 1
+
+
+@pytest.mark.parametrize(("start", "end"), [(0, None), (100_000, 2_900_001)])
+async def test_stream_runs_defers_later_runs_to_their_consumer(env: Env, start: int, end: int | None) -> None:
+    """With ``defer``, the first run comes opened and later runs (raw chunks of a local pack)
+    come as Deferred; opened in order, off the event loop, they are the same bytes."""
+    body = data(3 * MiB + 333, 7)
+    result = await env.ingestor.ingest(pieces(body, 0), KEY)
+    await env.commit("deferred", result)
+    hi = len(body) if end is None else end
+    reader = ChunkReader(env.real, env.meta, env.kek, env.pool, run_bytes=256 * KiB)
+    kinds, out = [], bytearray()
+    async for run in reader.stream_runs(result.manifest, start, hi, defer=True):
+        kinds.append(isinstance(run, Deferred))
+        opened = await asyncio.to_thread(run.open) if isinstance(run, Deferred) else run
+        out += b"".join(bytes(p) for p in opened)
+    assert bytes(out) == body[start:hi]
+    assert len(kinds) > 1 and not kinds[0] and any(kinds[1:])
+
+
+async def test_stream_runs_discards_a_deferred_run_once_the_consumer_moves_on(env: Env) -> None:
+    """A deferred run holds a memory map of its pack until it is opened or discarded: the
+    stream discards it when the consumer asks for the next run, or closes the stream, so it
+    is released then (and can no longer be opened), however long the consumer keeps it."""
+    body = data(3 * MiB, 9)
+    result = await env.ingestor.ingest(pieces(body, 2), KEY)
+    await env.commit("discard", result)
+    reader = ChunkReader(env.real, env.meta, env.kek, env.pool, run_bytes=256 * KiB)
+    runs = reader.stream_runs(result.manifest, 0, result.size, defer=True)
+    held = []
+    async for run in runs:
+        if isinstance(run, Deferred):
+            held.append(run)
+            if len(held) == 2:
+                break
+    moved_on, current = held
+    with pytest.raises(RuntimeError):
+        moved_on.open()
+    await asyncio.to_thread(current.open)  # still the consumer's until it moves on
+    await runs.aclose()
+    with pytest.raises(RuntimeError):
+        current.open()
+    assert reader.ahead_bytes == 0  # the read-ahead's budget is given back on close
+
+
+async def test_a_deferred_run_with_a_damaged_record_fails_to_open(env: Env) -> None:
+    """A record that fails authentication fails its Deferred's open, every time: the views
+    of its buffers (which may hold an earlier response's bytes) are never handed out."""
+    body = data(3 * MiB, 8)
+    result = await env.ingestor.ingest(pieces(body, 1), KEY)
+    await env.commit("damaged", result)
+    last = (await env.meta.lookup_chunks([result.manifest.chunk_ids[-1]]))[result.manifest.chunk_ids[-1]]
+    path = env.real.root / pack_blob_name(last.pack_id)
+    with path.open("r+b") as fh:  # flip a bit in the last record's ciphertext
+        fh.seek(last.offset + last.length - 40)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 1]))
+    reader = ChunkReader(env.real, env.meta, env.kek, env.pool, run_bytes=256 * KiB)
+    runs = reader.stream_runs(result.manifest, 0, result.size, defer=True)
+    seen = 0
+    async for run in runs:
+        if not isinstance(run, Deferred):
+            seen += sum(p.nbytes for p in run)
+            continue
+        seen += run.nbytes
+        if seen < result.size:  # the undamaged ones open
+            await asyncio.to_thread(run.open)
+            continue
+        for _ in range(2):  # the run of the last chunk
+            with pytest.raises(IntegrityError):
+                await asyncio.to_thread(run.open)
+        break
+    else:
+        pytest.fail("the last chunk did not come in a deferred run")
+    await runs.aclose()
+
+
+def test_a_deferred_record_that_does_not_fit_its_buffer_fails() -> None:
+    """If a record's header disagrees with the index (its length, or compressed where the
+    index says raw), it cannot be decrypted into the buffer already handed out: the open
+    fails instead of leaving the buffer as it was."""
+    sealer = Sealer(bytes(32))
+    cid = bytes(range(32))
+    plain = data(1000, 3)
+    raw = seal_chunk(sealer, cid, plain).record
+    loc = ChunkLocation("pack", 0, len(raw), len(plain), 0)
+    with pytest.raises(CorruptPackError):
+        _open_into(sealer, memoryview(raw), 0, [cid], [loc], [memoryview(bytearray(len(plain) + 1))])
+    zstd = seal_chunk(sealer, cid, b"x" * 1000).record  # compressible: stored with FLAG_ZSTD
+    with pytest.raises(CorruptPackError):
+        _open_into(
+            sealer,
+            memoryview(zstd),
+            0,
+            [cid],
+            [dataclasses.replace(loc, length=len(zstd))],
+            [memoryview(bytearray(1000))],
+        )
+    out = memoryview(bytearray(len(plain)))
+    _open_into(sealer, memoryview(raw), 0, [cid], [loc], [out])
+    assert bytes(out) == plain
 
 
 async def test_upload_of_a_body_that_ends_on_a_batch_boundary(env: Env) -> None:

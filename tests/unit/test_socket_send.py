@@ -4,7 +4,9 @@ Covers the pure helper (``rest_of``, table and property), ``send_some`` on a rea
 pair (all bytes in order, a partial write when the reader stalls, an error when the peer is
 gone), and :class:`ThreadedBodyWriter` behind a real aiohttp server: exact bytes for fast
 and slow readers, the ordinary path for small runs, and no descriptor left open after a
-finished or an aborted response.
+finished or an aborted response. Deferred runs (:class:`gateway.buffers.Deferred`): opened
+by a pool thread, never the event loop, big or small, with exact bytes; a run whose opening
+fails is not written at all.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.buffers import Deferred
 from gateway.socket_send import IOV_MAX, ThreadedBodyWriter, rest_of, send_some
 
 MiB = 1024 * 1024
@@ -137,14 +140,35 @@ def _open_fds() -> int:
 
 class _App:
     def __init__(
-        self, runs: list[list[memoryview]], pool: ThreadPoolExecutor | None, sndbuf: int = 0
+        self,
+        runs: list[list[memoryview]],
+        pool: ThreadPoolExecutor | None,
+        sndbuf: int = 0,
+        deferred: bool = False,
+        fail_at: int | None = None,
     ) -> None:
         self.runs = runs
         self.pool = pool
         self.sndbuf = sndbuf  # a small send buffer makes a slow reader fill the socket sooner
+        self.deferred = deferred  # hand each run over unwritten, as a Deferred that fills it
+        self.fail_at = fail_at  # the index of a deferred run whose filling fails
+        self.filled_in: list[str] = []  # the thread that filled each deferred run
         self.attached: list[bool] = []
         self.errors: list[BaseException] = []
         self.done = asyncio.Event()
+
+    def _deferred(self, index: int, run: list[memoryview]) -> Deferred:
+        """``run`` as views of blank buffers that only the Deferred's fill writes."""
+        blanks = [memoryview(bytearray(p.nbytes)) for p in run]
+
+        def fill() -> None:
+            self.filled_in.append(threading.current_thread().name)
+            if index == self.fail_at:
+                raise ValueError("this run cannot be opened")
+            for blank, piece in zip(blanks, run, strict=True):
+                blank[:] = piece
+
+        return Deferred(fill, blanks)
 
     @property
     def body(self) -> bytes:
@@ -160,12 +184,12 @@ class _App:
         sender = ThreadedBodyWriter.attach(request, resp, self.pool, min_piece=64 * 1024)
         self.attached.append(sender is not None)
         try:
-            for run in self.runs:
+            for index, run in enumerate(self.runs):
                 if sender is None:
                     for piece in run:
                         await resp.write(piece)
                 else:
-                    await sender.write(run)
+                    await sender.write(self._deferred(index, run) if self.deferred else run)
         except BaseException as e:
             self.errors.append(e)
             raise
@@ -213,6 +237,33 @@ async def test_fast_reader_gets_exact_bytes_twice_on_one_connection(
     assert state.attached == [threaded, threaded]
     assert not state.errors
     assert _open_fds() <= fds
+
+
+async def test_deferred_runs_are_opened_by_pool_threads_big_or_small(send_pool: ThreadPoolExecutor) -> None:
+    state = _App(_runs(), send_pool, deferred=True)
+    async for host in _serve(state):
+        async with aiohttp.ClientSession() as session, session.get(f"http://{host}/obj") as r:
+            assert r.status == 200
+            assert await r.read() == state.body
+    assert not state.errors
+    # every run, including the 1000- and 5-byte ones that take the ordinary path
+    assert len(state.filled_in) == len(state.runs)
+    assert all(name.startswith("test-send") for name in state.filled_in)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])  # a big run, a small run
+async def test_a_deferred_run_that_cannot_be_opened_is_not_written(
+    send_pool: ThreadPoolExecutor, fail_at: int
+) -> None:
+    state = _App(_runs(), send_pool, deferred=True, fail_at=fail_at)
+    before = sum(p.nbytes for run in state.runs[:fail_at] for p in run)
+    async for host in _serve(state):
+        head, body = await asyncio.to_thread(_raw_get, host, 0.0)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert body == state.body[:before]  # what came before the run, and nothing of it
+        await asyncio.wait_for(state.done.wait(), 10)
+    assert [type(e) for e in state.errors] == [ValueError]
+    assert len(state.filled_in) == fail_at + 1
 
 
 def _raw_get(

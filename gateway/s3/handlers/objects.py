@@ -213,21 +213,27 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{v.size}"
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_length = end - start
-    # The first run is read before the status line goes out, so that a backend that is
-    # down (or data that is lost) still gets a proper error response (503 SlowDown, 500).
-    runs = None if head else aiter(req.rt.reader.stream_runs(v.manifest, start, end))
-    first = None if runs is None else await anext(runs, None)
-    await resp.prepare(req.http)
-    if runs is not None:
-        big = end - start >= 2 * MIN_PIECE
-        sender = ThreadedBodyWriter.attach(req.http, resp, req.rt.send_pool) if big else None
+    if head:
+        await resp.prepare(req.http)
+        await resp.write_eof()
+        return resp
+    big = end - start >= 2 * MIN_PIECE
+    sender = ThreadedBodyWriter.attach(req.http, resp, req.rt.send_pool) if big else None
+    # Runs are opened by the sender's threads where there are any (see gateway/readpath.py).
+    runs = req.rt.reader.stream_runs(v.manifest, start, end, defer=sender is not None)
+    try:
+        # The first run is read (and opened) before the status line goes out, so that a
+        # backend that is down (or data that is lost) still gets a proper error response
+        # (503 SlowDown, 500).
+        first = await anext(runs, None)
+        await resp.prepare(req.http)
         write = functools.partial(write_each, resp) if sender is None else sender.write
         try:
             if first is not None:
-                await write(first)
+                await write(first)  # never deferred
                 del first
-            async for pieces in runs:
-                await write(pieces)
+            async for run in runs:
+                await write(run)  # deferred only when there is a sender
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -238,9 +244,12 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
             if req.http.transport is not None:
                 req.http.transport.abort()
             raise ConnectionResetError("response aborted after the headers were sent") from exc
-        finally:
-            if sender is not None:
-                sender.close()
+    finally:
+        # Now, not whenever the garbage collector finds it: the runs it reads ahead hold
+        # read-ahead budget and memory maps of packs (each with a descriptor).
+        await runs.aclose()
+        if sender is not None:
+            sender.close()
     await resp.write_eof()
     return resp
 
