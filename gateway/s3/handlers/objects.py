@@ -245,11 +245,13 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
                 req.http.transport.abort()
             raise ConnectionResetError("response aborted after the headers were sent") from exc
     finally:
-        # Now, not whenever the garbage collector finds it: the runs it reads ahead hold
-        # read-ahead budget and memory maps of packs (each with a descriptor).
-        await runs.aclose()
-        if sender is not None:
-            sender.close()
+        try:
+            # Now, not whenever the garbage collector finds it: the runs it reads ahead hold
+            # read-ahead budget and memory maps of packs (each with a descriptor).
+            await runs.aclose()
+        finally:
+            if sender is not None:
+                sender.close()
     await resp.write_eof()
     return resp
 
