@@ -12,8 +12,8 @@ While a large body arrives, each connection also tells the kernel not to wake th
 a whole buffer's worth is waiting (``SO_RCVLOWAT``, never more than the bytes still due, and
 back to 1 once the body is complete). Without it, a client that drains the socket faster
 than the server fills it wakes for every few segments: measured against Strata's GET, the
-client spent ~0.19 core-ms per MB this way against ~0.13 for the no-op server, CPU that both
-servers then lacked on a 2-core machine (bench/README.md, run L).
+client spent ~0.19-0.23 core-ms per MB against ~0.12-0.13 for the no-op server, CPU that
+both servers then lacked on a 2-core machine (bench/README.md, run L).
 
 The HTTP/1.1 it speaks is the subset an S3 GET needs: one request at a time per
 connection, a response with ``Content-Length`` (S3 GetObject always has one), keep-alive
