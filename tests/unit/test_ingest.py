@@ -8,6 +8,10 @@ local blob directory, local keyring), with faults injected around the real blob 
   behind: no published pack, no temp file, no writer still open.
 * ``_BodyReader`` cuts any sequence of network pieces into batches that reconstruct the body
   exactly, each of the documented size (a table of piece patterns, and a hypothesis property).
+* The read path's runs (``ChunkReader.stream_runs``), including *deferred* runs: exact bytes
+  for whole objects and ranges with the first run never deferred; a damaged record or one
+  that does not fit its buffer fails the open; a deferred run is discarded once the
+  consumer moves on or closes the stream.
 """
 
 from __future__ import annotations
