@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -220,38 +221,36 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
     big = end - start >= 2 * MIN_PIECE
     sender = ThreadedBodyWriter.attach(req.http, resp, req.rt.send_pool) if big else None
     # Runs are opened by the sender's threads where there are any (see gateway/readpath.py).
+    # The stream is closed on the way out, not whenever the garbage collector finds it: the
+    # runs it reads ahead hold read-ahead budget and memory maps of packs (descriptors).
     runs = req.rt.reader.stream_runs(v.manifest, start, end, defer=sender is not None)
     try:
-        # The first run is read (and opened) before the status line goes out, so that a
-        # backend that is down (or data that is lost) still gets a proper error response
-        # (503 SlowDown, 500).
-        first = await anext(runs, None)
-        await resp.prepare(req.http)
-        write = functools.partial(write_each, resp) if sender is None else sender.write
-        try:
-            if first is not None:
-                await write(first)  # never deferred
-                del first
-            async for run in runs:
-                await write(run)  # deferred only when there is a sender
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            # The status line is out: the one honest signal left is to cut the connection,
-            # so the client sees a short body at once instead of waiting for bytes that
-            # will never come.
-            log.exception("aborting GET %s/%s after the headers were sent", v.bucket, v.key)
-            if req.http.transport is not None:
-                req.http.transport.abort()
-            raise ConnectionResetError("response aborted after the headers were sent") from exc
+        async with contextlib.aclosing(runs):
+            # The first run is read (and opened) before the status line goes out, so that a
+            # backend that is down (or data that is lost) still gets a proper error response
+            # (503 SlowDown, 500).
+            first = await anext(runs, None)
+            await resp.prepare(req.http)
+            write = functools.partial(write_each, resp) if sender is None else sender.write
+            try:
+                if first is not None:
+                    await write(first)  # never deferred
+                    del first
+                async for run in runs:
+                    await write(run)  # deferred only when there is a sender
+            except (ConnectionResetError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                # The status line is out: the one honest signal left is to cut the
+                # connection, so the client sees a short body at once instead of waiting
+                # for bytes that will never come.
+                log.exception("aborting GET %s/%s after the headers were sent", v.bucket, v.key)
+                if req.http.transport is not None:
+                    req.http.transport.abort()
+                raise ConnectionResetError("response aborted after the headers were sent") from exc
     finally:
-        try:
-            # Now, not whenever the garbage collector finds it: the runs it reads ahead hold
-            # read-ahead budget and memory maps of packs (each with a descriptor).
-            await runs.aclose()
-        finally:
-            if sender is not None:
-                sender.close()
+        if sender is not None:
+            sender.close()
     await resp.write_eof()
     return resp
 
