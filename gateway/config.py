@@ -81,6 +81,10 @@ class StorageConfig:
     # GET: decoded chunks kept in memory (bytes, 0 = off), see gateway/chunkcache.py: zstd
     # chunks, and every chunk on remote backends. Concurrent GETs of a chunk decode it once.
     chunk_cache: int = 64 * MiB
+    # GET, local packs: memory maps of the most recently read packs kept for their next
+    # reads, up to this many bytes of packs (0 = map each run on its own), see
+    # gateway/backends/blob_maps.py. Their touched pages count in RSS as file pages.
+    map_cache: int = 64 * MiB
     # Worker threads for CPU stages (hashing, zstd, AES-GCM). 0 = one per core.
     workers: int = 0
     # GET: threads that copy large body pieces into client sockets without holding the GIL

@@ -17,6 +17,7 @@ from typing import Any, cast
 from crypto import KEKProvider
 from gateway.backends.base import BlobBackend
 from gateway.backends.factory import backend_jobs, open_backend
+from gateway.backends.local import LocalBlobBackend
 from gateway.cache import CachedMetadataStore, open_cache
 from gateway.config import Config
 from gateway.events import EventSink, OutboxRelay, expire_outbox_periodically, open_sink
@@ -69,6 +70,9 @@ class Runtime:
         )
         metrics.watch_chunk_cache(reader.cache)
         metrics.watch_read_ahead(lambda: reader.ahead_bytes)
+        if isinstance(backend, LocalBlobBackend):
+            maps = backend.maps
+            metrics.watch_mapped_packs(lambda: maps.held_bytes)
         return cls(
             config=config,
             meta=meta,

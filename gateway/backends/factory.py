@@ -90,6 +90,7 @@ def open_backend(
             clear_stale=serving,
             direct_writes=config.storage.direct_writes,
             write_cache_window=config.storage.write_cache_window,
+            map_cache=config.storage.map_cache,
         )
     spool = config.storage.data_dir / "spool"
     primary = ResilientBackend(

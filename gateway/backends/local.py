@@ -16,7 +16,9 @@ in the page cache (``storage.write_cache_window``, :mod:`gateway.backends.page_c
 Committed blobs are immutable (never truncated or rewritten in place: repacking writes new
 packs and unlinks old ones), so :meth:`LocalBlobBackend.map_range` can hand out read-only
 memory maps of them: the read path decrypts straight from the page cache instead of copying
-every byte into a buffer first (and without a hop through the I/O pool).
+every byte into a buffer first (and without a hop through the I/O pool). The maps of the
+most recently read blobs are kept for their next reads (``storage.map_cache``,
+:mod:`gateway.backends.blob_maps`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.backends.base import BlobInfo
+from gateway.backends.blob_maps import BlobMaps
 from gateway.backends.page_cache import RecentWrites, drop_cached
 from gateway.buffers import byte_view
 from gateway.libc import function
@@ -161,6 +164,15 @@ class _DirectAppender:
             self.tail = b""
 
 
+def _map_whole(path: Path) -> mmap.mmap:
+    """A read-only shared map of the whole file at ``path`` (OSError if it is empty)."""
+    with open(path, "rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if not size:
+            raise OSError(f"{path} is empty")
+        return mmap.mmap(fh.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+
+
 def _create(path: Path, direct: bool) -> tuple[int, bool]:
     """Create ``path`` for writing, with O_DIRECT if ``direct`` and the filesystem allows it;
     the descriptor and whether it is direct."""
@@ -185,9 +197,10 @@ class LocalBlobWriter:
     """
 
     def __init__(
-        self, backend: LocalBlobBackend, final: Path, tmp: Path, fh: int, direct: bool = False
+        self, backend: LocalBlobBackend, name: str, final: Path, tmp: Path, fh: int, direct: bool = False
     ) -> None:
         self._backend = backend
+        self._name = name
         self._final = final
         self._tmp = tmp
         self._fd = fh
@@ -240,6 +253,7 @@ class LocalBlobWriter:
 
         self._closed = True
         await self._backend.run(publish)
+        self._backend.maps.forget(self._name)  # a map kept of an earlier file of this name
 
     async def abort(self) -> None:
         if self._closed:
@@ -263,13 +277,16 @@ class LocalBlobBackend:
         clear_stale: bool = True,
         direct_writes: bool = False,
         write_cache_window: int = 0,
+        map_cache: int = 0,
     ) -> None:
         """``clear_stale=False`` for admin commands beside a live gateway, whose in-flight
         uploads own the temp files. ``direct_writes``: write blobs with O_DIRECT.
         ``write_cache_window``: bytes of the most recently written blobs kept in the page
         cache; older ones are dropped from it (:mod:`gateway.backends.page_cache`; 0 = keep
-        everything)."""
+        everything). ``map_cache``: bytes of blobs whose memory maps :meth:`map_range` keeps
+        for later reads (:mod:`gateway.backends.blob_maps`; 0 = map for each read)."""
         self.root = root.resolve()
+        self.maps = BlobMaps(map_cache)
         self._direct_writes = direct_writes and bool(_O_DIRECT)
         self.recent_writes = RecentWrites(write_cache_window)
         self._tmpdir = root / ".tmp"
@@ -300,7 +317,7 @@ class LocalBlobBackend:
                 os.close((await opening)[0])
                 tmp.unlink(missing_ok=True)
             raise
-        return LocalBlobWriter(self, final, tmp, fd, direct)
+        return LocalBlobWriter(self, name, final, tmp, fd, direct)
 
     async def read_range(self, name: str, offset: int, length: int) -> bytes:
         path = self._path(name)
@@ -321,22 +338,23 @@ class LocalBlobBackend:
         blob, unmapped once the last view of it is released. Small ranges are read as
         ``read_range`` does.
 
-        Mapping is a few system calls and reads nothing, so it runs right here, without a
-        thread hop. The pages are faulted in by whoever reads the view (the CPU pool, as it
-        decrypts), straight from the page cache; for a blob that is not cached, the kernel is
-        asked to start reading it ahead at once (``MADV_WILLNEED``)."""
+        The map is of the whole blob, and is kept for the blob's next reads (up to
+        ``map_cache`` bytes of blobs, :mod:`gateway.backends.blob_maps`). Mapping is a few
+        system calls and reads nothing, so it runs right here, without a thread hop. The
+        pages are faulted in by whoever reads the view (the CPU pool or a send thread, as it
+        decrypts), straight from the page cache; for a range that is not cached, the kernel
+        is asked to start reading it ahead at once (``MADV_WILLNEED``)."""
         if length <= INLINE_READ:
             return await self.read_range(name, offset, length)
-        with open(self._path(name), "rb", buffering=0) as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if offset < 0 or offset + length > size:  # never map past the end (SIGBUS)
-                raise OSError(f"short read from {name}: {length} bytes at {offset} of a {size}-byte blob")
-            base = offset - offset % mmap.ALLOCATIONGRANULARITY
-            mapped = mmap.mmap(
-                fh.fileno(), offset + length - base, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=base
-            )
-        mapped.madvise(mmap.MADV_WILLNEED)
-        return memoryview(mapped)[offset - base :]
+        mapped = self.maps.get(name)
+        if mapped is None:
+            mapped = _map_whole(self._path(name))
+            self.maps.keep(name, mapped)
+        if offset < 0 or offset + length > len(mapped):  # never a view past the end (SIGBUS)
+            raise OSError(f"short read from {name}: {length} bytes at {offset} of a {len(mapped)}-byte blob")
+        start = offset - offset % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_WILLNEED, start, offset + length - start)
+        return memoryview(mapped)[offset : offset + length]
 
     async def size(self, name: str) -> int:
         path = self._path(name)
@@ -344,6 +362,7 @@ class LocalBlobBackend:
 
     async def delete(self, name: str) -> None:
         path = self._path(name)
+        self.maps.forget(name)  # readers' views keep the file's bytes until they are done
         await self.run(lambda: path.unlink(missing_ok=True))
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
@@ -377,4 +396,5 @@ class LocalBlobBackend:
         return sorted(out)
 
     async def close(self) -> None:
+        self.maps.clear()
         self._pool.shutdown(wait=True)

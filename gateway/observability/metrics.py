@@ -138,6 +138,11 @@ class Metrics:
             "Plaintext GETs decode beyond their next run (storage.read_ahead_budget).",
             registry=r,
         )
+        self.mapped_packs = Gauge(
+            "mapped_pack_bytes",
+            "Bytes of local packs whose memory maps are kept for later GETs (storage.map_cache).",
+            registry=r,
+        )
         self.memory_trims = Counter(
             "memory_trims", "Times an idle process gave its free heap memory back to the kernel.", registry=r
         )
@@ -222,6 +227,10 @@ class Metrics:
     def watch_read_ahead(self, held: Callable[[], int]) -> None:
         """Read ``read_ahead_bytes`` from ``held`` (the GET reader's ``ahead_bytes``) at scrape."""
         self.read_ahead.set_function(held)
+
+    def watch_mapped_packs(self, held: Callable[[], int]) -> None:
+        """Read ``mapped_pack_bytes`` from ``held`` (the local backend's kept maps) at scrape."""
+        self.mapped_packs.set_function(held)
 
     def trimmed(self, freed: int) -> None:
         """An idle trim ran and gave back ``freed`` bytes of anonymous memory."""

@@ -137,6 +137,24 @@ def test_chunk_cache_metrics_follow_gets(strata_factory: Callable[..., StrataSer
     assert delta(first, second, "chunk_cache_misses_total") == 0
 
 
+def test_gets_keep_the_packs_they_read_mapped(strata_factory: Callable[..., StrataServer]) -> None:
+    """Large GETs of local packs leave those packs' memory maps kept for later reads, up to
+    storage.map_cache bytes of packs (gateway/backends/blob_maps.py)."""
+    server = strata_factory(extra_env={"STRATA_STORAGE_MAP_CACHE": str(40 * 1024 * 1024)})
+    s3 = client(server)
+    bucket, key = names()
+    s3.create_bucket(Bucket=bucket)
+    body = os.urandom(6 * 1024 * 1024)  # one pack (storage.pack_target is 16 MiB)
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    _, before = scrape(server)
+    assert sample(before, "mapped_pack_bytes") == 0
+    for _ in range(2):
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+    _, after = scrape(server)
+    packs = [p.stat().st_size for p in server.data_dir.rglob("*.pack")]
+    assert len(packs) == 1 and sample(after, "mapped_pack_bytes") == packs[0] > len(body)
+
+
 def test_storage_gauges_come_from_the_store(tmp_path: Path) -> None:
     body = os.urandom(300_000)
     with StrataServer(tmp_path / "data", log_path=tmp_path / "first.log") as server:
