@@ -1,11 +1,13 @@
 """GETs whose data turns out to be unreadable. Before the status line goes out the client
 gets a proper error (500 InternalError); after it (the damage is further into the object)
 the server cuts the connection at once, so the client sees a short body instead of waiting
-for bytes that will never come."""
+for bytes that will never come. A small body (under 512 KiB) is read whole before anything
+is sent, so damage anywhere in it is a proper error."""
 
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,8 @@ import requests
 from botocore.exceptions import ClientError
 from support.s3 import make_client
 from support.server import StrataServer
+
+from chunker.fastcdc import chunk_buffer
 
 MiB = 1024 * 1024
 
@@ -89,3 +93,29 @@ def test_damage_at_the_start_is_a_proper_error(
     assert err.value.response["Error"]["Code"] == "InternalError"
     s3.put_object(Bucket="lost", Key="small", Body=b"fine")  # the server keeps serving
     assert s3.get_object(Bucket="lost", Key="small")["Body"].read() == b"fine"
+
+
+def test_damage_anywhere_in_a_small_body_is_a_proper_error(
+    strata_factory: Callable[..., StrataServer],
+) -> None:
+    """A 200 KiB range across two packs, the second one lost: the range is read whole
+    before its status line (gateway/s3/handlers/objects.py), so the client gets a 500, not a
+    206 and a cut connection."""
+    server = strata_factory()
+    s3: Any = make_client(server)
+    s3.create_bucket(Bucket="small")
+    shared = random.Random(5).randbytes(12 * MiB)
+    s3.put_object(Bucket="small", Key="a", Body=shared)
+    before = _packs(server)
+    s3.put_object(Bucket="small", Key="b", Body=shared + os.urandom(4 * MiB))
+    # b's chunks up to a's last cut but one are a's (same bytes, same cuts): in a's pack
+    common = len(shared) - len(chunk_buffer(shared)[-1])
+    assert 0 < common < 12 * MiB
+    for pack in _packs(server) - before:
+        pack.unlink()
+    head = s3.get_object(Bucket="small", Key="b", Range=f"bytes=0-{common - 1}")
+    assert head["Body"].read() == shared[:common]  # all in a's pack
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket="small", Key="b", Range=f"bytes={common - 100_000}-{common + 99_999}")
+    assert err.value.response["Error"]["Code"] == "InternalError"
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500

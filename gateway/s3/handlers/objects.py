@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from dedup.manifest import Manifest
 from gateway.ingest import IngestResult
 from gateway.meta.models import NULL_VERSION, ObjectVersion, WriteCondition
 from gateway.observability.record import current as observation
@@ -219,7 +220,9 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
         await resp.write_eof()
         return resp
     big = end - start >= 2 * MIN_PIECE
-    sender = ThreadedBodyWriter.attach(req.http, resp, req.rt.send_pool) if big else None
+    if not big:
+        return await _small_body_response(req, v.manifest, start, end, status, headers)
+    sender = ThreadedBodyWriter.attach(req.http, resp, req.rt.send_pool)
     # Runs are opened by the sender's threads where there are any (see gateway/readpath.py).
     # The stream is closed on the way out, not whenever the garbage collector finds it: the
     # runs it reads ahead hold read-ahead budget and memory maps of packs (descriptors).
@@ -253,6 +256,16 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
             sender.close()
     await resp.write_eof()
     return resp
+
+
+async def _small_body_response(
+    req: S3Request, manifest: Manifest, start: int, end: int, status: int, headers: dict[str, str]
+) -> web.Response:
+    """A body under ``2 * MIN_PIECE`` bytes, read whole before anything is sent: the status
+    line, the headers and the body then leave in one write (one system call, where a
+    streamed response costs two), and a failed read is still a proper error response."""
+    body = b"".join([piece async for piece in req.rt.reader.stream(manifest, start, end)])
+    return web.Response(status=status, headers=headers, body=body)
 
 
 async def head_object(req: S3Request) -> web.StreamResponse:
