@@ -6,8 +6,8 @@ cost an ``open``, an ``mmap`` and page faults for every run, and once the run wa
 ``munmap``, whose TLB shootdown interrupts the other cores the process runs on. A map of the
 whole blob, kept for the runs that follow, pays that once per blob instead: its pages stay
 mapped while later runs (of this GET or of others) read them. On 64 MiB GETs of random data
-that gave +11% MB/s and 11% less server CPU per MB in alternating rounds, and 4 to 32 kept maps
-all gained the same (bench/README.md, run M).
+that gave +6% to +11% MB/s and 7-11% less server CPU per MB in alternating rounds, and 4 to 32
+kept maps all gained about the same (bench/README.md, run M).
 
 Rules that keep it exact and bounded:
 - Only committed blobs are mapped, and those never change: a blob is published once, by a
