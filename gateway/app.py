@@ -26,6 +26,7 @@ from gateway.s3.errors import S3Error
 from gateway.s3.handlers import cors
 from gateway.s3.request import S3Request, authenticate
 from gateway.s3.router import operation_name, route, route_unauthenticated
+from gateway.socket_recv import closes_connection
 
 log = logging.getLogger("strata.s3")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
@@ -103,6 +104,7 @@ def build_app(rt: Runtime) -> web.Application:
             response.headers.setdefault("x-amz-request-id", request["request_id"])
 
     app.on_response_prepare.append(stamp_request_id)
+    app.on_response_prepare.append(closes_connection)  # after a body read by a thread
     app.on_startup.append(start_runtime)
     app.on_cleanup.append(close_runtime)
     return app

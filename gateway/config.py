@@ -87,8 +87,9 @@ class StorageConfig:
     map_cache: int = 64 * MiB
     # Worker threads for CPU stages (hashing, zstd, AES-GCM). 0 = one per core.
     workers: int = 0
-    # GET: threads that copy large body pieces into client sockets without holding the GIL
-    # (see gateway/socket_send.py). 0 = the event loop writes every byte itself.
+    # Threads that move large bodies between client sockets and buffers without holding the
+    # GIL: GET bodies out (gateway/socket_send.py), raw PUT/UploadPart bodies of 8 MiB or
+    # more in (gateway/socket_recv.py). 0 = the event loop moves every byte itself.
     send_threads: int = 8
     max_put_size: int = 5 * 1024 * MiB  # single PUT and each multipart part, as S3
     # Local packs (the embedded backend) are written with O_DIRECT, past the page cache: on

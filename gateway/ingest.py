@@ -7,8 +7,9 @@ the same batch is cut. Memory is bounded per upload, whatever the object size:
 
 * each batch is one buffer of ``ingest_batch`` bytes, allocated once (never grown): the
   chunker's carry from the previous batch (the bytes after its last final boundary), then
-  fresh bytes copied once from the network pieces. The chunker cuts it in place: apart from
-  the carry, no byte is copied again before it is sealed;
+  fresh bytes copied once from the network pieces (or, for a large raw body, read into it
+  from the socket by a thread: :mod:`gateway.socket_recv`). The chunker cuts it in place:
+  apart from the carry, no byte is copied again before it is sealed;
 * an upload reads ahead by one batch only while it holds one of the ``ingest_slots`` (batches
   cut, sealed and written at once across all uploads). An upload waiting for a slot holds
   one batch, and the network stalls it (TCP backpressure) instead of filling memory;
@@ -30,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -54,6 +55,12 @@ INLINE_MAX = 64 * 1024  # CPU stages on less data than this run on the event loo
 
 class Digest(Protocol):
     def update(self, data: bytes | memoryview, /) -> None: ...
+
+
+class ReadableBody(Protocol):
+    """A body that fills the caller's buffers itself (:class:`gateway.socket_recv.ThreadedBodyReader`)."""
+
+    async def readinto(self, view: memoryview, /) -> int: ...
 
 
 @dataclass
@@ -90,12 +97,18 @@ class _BodyReader:
 
     A batch is the carry handed in (the bytes the chunker has not cut yet, from the previous
     batch) followed by fresh bytes, copied straight from the network pieces (a piece that
-    does not fit is split across two batches, by views). Only the last batch is shorter than
-    ``size``; :attr:`done` is set once the body has ended.
+    does not fit is split across two batches, by views), or read into it by a
+    :class:`ReadableBody`. Only the last batch is shorter than ``size``; :attr:`done` is set
+    once the body has ended.
     """
 
-    def __init__(self, source: AsyncIterator[Buffer], size: int) -> None:
-        self._source = source
+    def __init__(self, source: AsyncIterator[Buffer] | ReadableBody, size: int) -> None:
+        self._source: AsyncIterator[Buffer] | None = None
+        self._readinto: Callable[[memoryview], Awaitable[int]] | None = None
+        if isinstance(source, AsyncIterator):
+            self._source = source
+        else:
+            self._readinto = source.readinto
         self._size = max(1, size)
         self._pending: collections.deque[memoryview] = collections.deque()
         self.done = False
@@ -103,7 +116,7 @@ class _BodyReader:
     async def _piece(self) -> memoryview | None:
         if self._pending:
             return self._pending.popleft()
-        while not self.done:
+        while not self.done and self._source is not None:
             piece = await anext(self._source, None)
             if piece is None:
                 self.done = True
@@ -114,6 +127,9 @@ class _BodyReader:
     async def first(self) -> Buffer | None:
         """The first batch (None for an empty body). Shorter than ``size`` only if it is the
         whole body; a small body is joined into an exactly sized ``bytearray``."""
+        if self._readinto is not None:  # (a large body: see gateway/socket_recv.py)
+            batch, _ = await self.fill(_EMPTY)
+            return batch if len(batch) else None
         pieces: list[memoryview] = []
         total = 0
         while total < min(self._size, FIRST_GATHER):
@@ -143,6 +159,12 @@ class _BodyReader:
         buf[:start] = carry
         del carry  # the previous batch is now held only by the chunks cut from it
         pos = start
+        while pos < cap and self._readinto is not None:
+            n = await self._readinto(memoryview(buf)[pos:cap])
+            if not n:
+                self.done = True
+                return memoryview(buf)[:pos], start
+            pos += n
         while pos < cap:
             piece = await self._piece()
             if piece is None:
@@ -293,7 +315,7 @@ class Ingestor:
 
     async def ingest(
         self,
-        source: AsyncIterator[bytes | memoryview],
+        source: AsyncIterator[bytes | memoryview] | ReadableBody,
         dedup_key: bytes,
         digests: Sequence[Digest] = (),
         max_size: int = 5 * 1024**3,

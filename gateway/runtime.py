@@ -40,7 +40,7 @@ class Runtime:
     backend: BlobBackend
     kek: KEKProvider
     pool: ThreadPoolExecutor
-    send_pool: ThreadPoolExecutor | None  # large GET body pieces (gateway/socket_send.py)
+    send_pool: ThreadPoolExecutor | None  # large GET bodies out, raw PUT bodies in (socket_send/recv)
     identities: Identities
     ingestor: Ingestor
     reader: ChunkReader

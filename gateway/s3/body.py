@@ -134,6 +134,12 @@ class PayloadReader:
         return out
 
     @property
+    def raw_length(self) -> int | None:
+        """The payload's length where the HTTP body is the payload itself (no aws-chunked
+        framing, a declared length), else None."""
+        return self.expected_length if self._decoder is None else None
+
+    @property
     def has_content_md5(self) -> bool:
         return self._content_md5 is not None
 

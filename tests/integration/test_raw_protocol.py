@@ -14,6 +14,7 @@ import hmac
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from support import rawhttp
 from support.awschunked import (
     CHECKSUM_ALGORITHMS,
@@ -348,6 +349,53 @@ def test_signed_payload_with_checksum_headers(strata: StrataServer, s3: Any, buc
         assert resp.status == 200, f"{algorithm}: {resp.describe()}"
         assert resp.header(f"x-amz-checksum-{algorithm}") in (None, checksum_b64(algorithm, data))
         assert_stored(s3, bucket, key, data, (algorithm, checksum_b64(algorithm, data)))
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed-sha256"])
+@pytest.mark.parametrize("expect", [False, True], ids=["", "expect-100"])
+def test_large_raw_bodies_read_by_threads(
+    strata: StrataServer, s3: Any, bucket: str, signed: bool, expect: bool
+) -> None:
+    """A raw body of at least 8 MiB is read from the socket by a thread straight into the
+    upload's batches (gateway/socket_recv.py): exact bytes, every digest checked, and a
+    response that closes the connection."""
+    data = random_bytes(9 * MiB + 12_345, 16)
+    extra = {"Content-MD5": content_md5(data), "x-amz-checksum-crc32c": checksum_b64("crc32c", data)}
+    if expect:
+        extra["Expect"] = "100-continue"
+    payload_hash = hashlib.sha256(data).hexdigest() if signed else UNSIGNED_PAYLOAD
+    key = f"thread-{signed}-{expect}"
+    resp = _simple_put(strata, bucket, key, data, payload_hash, extra)
+    assert resp.status == 200, resp.describe()
+    assert resp.header("Connection") == "close"
+    assert resp.header("ETag") == f'"{md5_hex(data)}"'
+    assert_stored(s3, bucket, key, data, ("crc32c", checksum_b64("crc32c", data)))
+
+
+@pytest.mark.parametrize(
+    ("wrong", "code"),
+    [
+        ("Content-MD5", "BadDigest"),
+        ("x-amz-checksum-crc32c", "BadDigest"),
+        ("sha256", "XAmzContentSHA256Mismatch"),
+    ],
+)
+def test_large_raw_bodies_with_a_wrong_digest_store_nothing(
+    strata: StrataServer, s3: Any, bucket: str, wrong: str, code: str
+) -> None:
+    data = random_bytes(9 * MiB, 17)
+    other = data[:-1] + bytes([data[-1] ^ 1])
+    extra = {"Content-MD5": content_md5(data), "x-amz-checksum-crc32c": checksum_b64("crc32c", data)}
+    if wrong != "sha256":
+        extra[wrong] = content_md5(other) if wrong == "Content-MD5" else checksum_b64("crc32c", other)
+    payload_hash = hashlib.sha256(other if wrong == "sha256" else data).hexdigest()
+    resp = _simple_put(strata, bucket, f"wrong-{wrong}", data, payload_hash, extra)
+    assert resp.status == 400, resp.describe()
+    assert f"<Code>{code}</Code>".encode() in resp.body
+    assert resp.header("Connection") == "close"
+    with pytest.raises(ClientError) as err:
+        s3.head_object(Bucket=bucket, Key=f"wrong-{wrong}")
+    assert err.value.response["Error"]["Code"] == "404"
 
 
 def test_expect_100_continue(strata: StrataServer, s3: Any, bucket: str) -> None:

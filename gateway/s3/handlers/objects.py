@@ -26,6 +26,7 @@ from gateway.s3.handlers import versioning
 from gateway.s3.ranges import parse_range
 from gateway.s3.request import S3Request, now
 from gateway.s3.xml import Node, child_text, document, http_date, parse
+from gateway.socket_recv import ThreadedBodyReader
 from gateway.socket_send import MIN_PIECE, ThreadedBodyWriter, write_each
 
 log = logging.getLogger("strata.s3")
@@ -54,7 +55,15 @@ async def store_body(req: S3Request, max_size: int, inline: bool) -> StoredBody:
     def verify() -> None:
         checksum.update(payload.verify())
 
-    result = await rt.ingestor.ingest(payload.pieces(), key, payload.digests, max_size, verify, inline)
+    # A large raw body is read from the socket by a thread, straight into the batches
+    # (gateway/socket_recv.py); its response then closes the connection.
+    direct = ThreadedBodyReader.attach(req.http, payload.raw_length, rt.send_pool)
+    try:
+        source = payload.pieces() if direct is None else direct
+        result = await rt.ingestor.ingest(source, key, payload.digests, max_size, verify, inline)
+    finally:
+        if direct is not None:
+            direct.close()
     return StoredBody(payload, result, checksum)
 
 
