@@ -100,14 +100,15 @@ class ThreadedBodyReader:
         transport.pause_reading()  # (draining aiohttp's buffer may have resumed it)
         self._head = memoryview(b"".join(taken))
         self._left = length - len(self._head)  # bytes still on the socket
-        if self._left < 0:
-            raise S3Error("IncompleteBody")  # more than Content-Length: not reachable via aiohttp
         self._fd = fd
         self._pool = pool
         self._patience = patience
-        self._inflight: concurrent.futures.Future[int] | None = None
+        self._inflight: concurrent.futures.Future[tuple[int, bool]] | None = None
         self._closed = False
         request[DIRECT_BODY] = True
+        if self._left < 0:  # more than Content-Length (aiohttp never hands that out)
+            self.close()
+            raise S3Error("IncompleteBody")
 
     @classmethod
     def attach(
