@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -26,6 +26,7 @@ import uvloop
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.aioapp import serving
 
 from gateway.s3.errors import S3Error
 from gateway.socket_recv import THREAD_PATIENCE, ThreadedBodyReader, closes_connection, recv_some
@@ -133,18 +134,12 @@ class _App:
         return web.Response(text=f"{how} {total} {digest.hexdigest()}")
 
 
-async def _serve(app_state: _App) -> AsyncIterator[int]:
+async def _serve(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[int]:
     app = web.Application()
-    app.router.add_put("/obj", app_state.handle)
+    app.router.add_put("/obj", handle)
     app.on_response_prepare.append(closes_connection)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
+    async with serving(app) as port:
+        yield port
 
 
 @pytest.fixture
@@ -176,12 +171,14 @@ def _exchange(port: int, chunks: list[bytes], pause: float = 0.0, read: bool = T
         return out
 
 
-def _answer_until(port: int, chunks: list[bytes], marker: bytes) -> bytes:
-    """Send ``chunks`` and keep the connection open; what the server sends until ``marker``
-    (a server still discarding an unfinished body does not close at once)."""
+def _answer_until(port: int, chunks: list[bytes], marker: bytes, pause: float = 0.0) -> bytes:
+    """Send ``chunks`` (pausing between them) and keep the connection open; what the server
+    sends until ``marker`` (a server still discarding an unfinished body does not close at
+    once)."""
     with socket.create_connection(("127.0.0.1", port)) as s:
         for chunk in chunks:
             s.sendall(chunk)
+            time.sleep(pause)
         s.settimeout(10)
         out = b""
         while marker not in out and (data := s.recv(65536)):
@@ -202,7 +199,7 @@ async def test_a_large_body_arrives_exact_and_the_connection_closes(
     state = _App(pool, min_length=MiB)
     body = os.urandom(3 * MiB + 12_345)
     fds = _open_fds()
-    async for port in _serve(state):
+    async for port in _serve(state.handle):
         chunks = [_request(body) + body[:head], body[head : head + 700_000], body[head + 700_000 :]]
         reply = await asyncio.to_thread(_exchange, port, chunks, 0.05)  # reads until the server closes
         status, _, rest = reply.partition(b"\r\n\r\n")
@@ -226,31 +223,11 @@ async def test_a_failure_before_the_end_still_reaches_the_client(pool: ThreadPoo
             reader.close()
         return web.Response(status=503, text="SlowDown")
 
-    app = web.Application()
-    app.router.add_put("/obj", handle)
-    app.on_response_prepare.append(closes_connection)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        body = os.urandom(6 * MiB)
-
-        def put() -> bytes:
-            with socket.create_connection(("127.0.0.1", runner.addresses[0][1])) as s:
-                for chunk in [_request(body), body[: 3 * MiB], body[3 * MiB :]]:
-                    s.sendall(chunk)  # every byte is taken: the server discards the rest
-                    time.sleep(0.1)
-                s.settimeout(10)
-                reply = b""
-                while not reply.endswith(b"SlowDown"):
-                    reply += s.recv(65536)
-                return reply
-
-        reply = await asyncio.to_thread(put)
+    body = os.urandom(6 * MiB)
+    async for port in _serve(handle):
+        chunks = [_request(body), body[: 3 * MiB], body[3 * MiB :]]  # every byte is taken
+        reply = await asyncio.to_thread(_answer_until, port, chunks, b"SlowDown", 0.1)
         assert reply.startswith(b"HTTP/1.1 503") and b"Connection: close" in reply
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_slow_client_is_waited_for_on_the_loop(pool: ThreadPoolExecutor) -> None:
@@ -270,7 +247,7 @@ async def _slow_then_stalled(pool: ThreadPoolExecutor) -> None:
     state = _App(pool, min_length=MiB, patience=1.0)
     body = os.urandom(2 * MiB + 1)
     pause = THREAD_PATIENCE * 4
-    async for port in _serve(state):
+    async for port in _serve(state.handle):
         pieces = [_request(body)] + [body[i : i + 300 * KiB] for i in range(0, len(body), 300 * KiB)]
         reply = await asyncio.to_thread(_exchange, port, pieces, pause)
         assert reply.endswith(f"threaded {len(body)} {hashlib.md5(body).hexdigest()}".encode())
@@ -283,7 +260,7 @@ async def test_a_body_cut_short_is_an_incomplete_body(pool: ThreadPoolExecutor) 
     state = _App(pool, min_length=MiB)
     body = os.urandom(2 * MiB)
     fds = _open_fds()
-    async for port in _serve(state):
+    async for port in _serve(state.handle):
         await asyncio.to_thread(_exchange, port, [_request(body) + body[: MiB + 5]], 0.0, False)
         for _ in range(200):
             if state.outcomes:
@@ -303,7 +280,7 @@ async def test_a_body_cut_short_is_an_incomplete_body(pool: ThreadPoolExecutor) 
 async def test_other_bodies_take_the_ordinary_path(pool: ThreadPoolExecutor, extra: str, size: int) -> None:
     state = _App(pool, min_length=MiB)
     body = os.urandom(size)
-    async for port in _serve(state):
+    async for port in _serve(state.handle):
         reply = await asyncio.to_thread(
             _exchange, port, [_request(body, extra + "Connection: close\r\n") + body]
         )
@@ -317,7 +294,7 @@ async def test_a_chunked_body_takes_the_ordinary_path(pool: ThreadPoolExecutor) 
     body = os.urandom(300 * KiB)
     head = b"PUT /obj HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     framed = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
-    async for port in _serve(state):
+    async for port in _serve(state.handle):
         reply = await asyncio.to_thread(_exchange, port, [head + framed])
         assert reply.endswith(f"ordinary {len(body)} {hashlib.md5(body).hexdigest()}".encode())
     assert state.outcomes == ["ordinary"]

@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.aioapp import serving
 
 from gateway.buffers import Deferred
 from gateway.socket_send import IOV_MAX, ThreadedBodyWriter, rest_of, send_some
@@ -204,15 +205,8 @@ class _App:
 async def _serve(app_state: _App) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/obj", app_state.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with serving(app) as port:
         yield f"127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
