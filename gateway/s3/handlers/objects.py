@@ -222,15 +222,14 @@ async def get_object(req: S3Request, head: bool = False) -> web.StreamResponse:
         start, end = span
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{v.size}"
+    if not head and end - start < 2 * MIN_PIECE:
+        return await _small_body_response(req, v.manifest, start, end, status, headers)
     resp = web.StreamResponse(status=status, headers=headers)
     resp.content_length = end - start
     if head:
         await resp.prepare(req.http)
         await resp.write_eof()
         return resp
-    big = end - start >= 2 * MIN_PIECE
-    if not big:
-        return await _small_body_response(req, v.manifest, start, end, status, headers)
     sender = ThreadedBodyWriter.attach(req.http, resp, req.rt.send_pool)
     # Runs are opened by the sender's threads where there are any (see gateway/readpath.py).
     # The stream is closed on the way out, not whenever the garbage collector finds it: the
