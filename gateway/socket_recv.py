@@ -39,11 +39,11 @@ import concurrent.futures
 import os
 import select
 from concurrent.futures import Executor
-from typing import Any
 
 from aiohttp import web
 
 from gateway.s3.errors import S3Error
+from gateway.sockfd import close_after, duplicate, wait_for
 
 MIN_LENGTH = 8 * 1024 * 1024  # smaller bodies take the ordinary path
 PATIENCE = 60.0  # seconds a body may go without a byte before the upload fails
@@ -56,15 +56,11 @@ def recv_some(fd: int, view: memoryview, patience: float) -> tuple[int, bool]:
     closes its side, or no byte comes for ``patience`` seconds; returns the bytes read and
     whether the peer closed."""
     got = 0
-    poller: Any = None
     while got < len(view):
         try:
             n = os.readv(fd, [view[got:]])
         except BlockingIOError:
-            if poller is None:
-                poller = select.poll()
-                poller.register(fd, select.POLLIN)
-            if not poller.poll(patience * 1000):
+            if not wait_for(fd, select.POLLIN, patience):
                 return got, False
             continue
         if n == 0:
@@ -121,19 +117,12 @@ class ThreadedBodyReader:
     ) -> ThreadedBodyReader | None:
         """A reader of ``request``'s body of ``length`` payload bytes, or None where only the
         ordinary path applies (no pool, a short or framed body, TLS, no socket)."""
-        transport = request.transport
-        if pool is None or length is None or length < min_length or transport is None:
+        if pool is None or length is None or length < min_length:
             return None
-        if transport.is_closing() or request.headers.get("Content-Length") != str(length):
+        if request.headers.get("Content-Length") != str(length) or request.content.exception() is not None:
             return None
-        if transport.get_extra_info("sslcontext") is not None or transport.get_extra_info("ssl_object"):
-            return None
-        sock = transport.get_extra_info("socket")
-        if sock is None or request.content.exception() is not None:
-            return None
-        try:
-            fd = os.dup(sock.fileno())
-        except OSError:
+        fd = duplicate(request.transport)
+        if fd is None:
             return None
         return cls(request, fd, pool, length, patience)
 
@@ -189,8 +178,4 @@ class ThreadedBodyReader:
             self._stream.feed_eof()
         else:
             self._transport.resume_reading()
-        fd, future = self._fd, self._inflight
-        if future is not None and not future.done():
-            future.add_done_callback(lambda _: os.close(fd))
-        else:
-            os.close(fd)
+        close_after(self._fd, self._inflight)

@@ -39,6 +39,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.buffers import Deferred
+from gateway.sockfd import close_after, duplicate, wait_for
 
 MIN_PIECE = 256 * 1024
 PATIENCE = 0.05  # seconds a send thread waits for a full socket before giving the rest back
@@ -65,15 +66,11 @@ def send_some(fd: int, pieces: Sequence[memoryview], patience: float) -> int:
     seconds each time the socket is full; returns the bytes written."""
     sent = 0
     left = rest_of(pieces, 0)
-    poller: Any = None
     while left:
         try:
             n = os.writev(fd, left[:IOV_MAX])
         except BlockingIOError:
-            if poller is None:
-                poller = select.poll()
-                poller.register(fd, select.POLLOUT)
-            if not poller.poll(patience * 1000):
+            if not wait_for(fd, select.POLLOUT, patience):
                 break
             continue
         sent += n
@@ -121,16 +118,8 @@ class ThreadedBodyWriter:
         """A writer for ``resp`` on ``request``'s connection, or None where only the ordinary
         path applies (no pool, TLS, no socket)."""
         transport = request.transport
-        if pool is None or transport is None or transport.is_closing():
-            return None
-        if transport.get_extra_info("sslcontext") is not None or transport.get_extra_info("ssl_object"):
-            return None
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return None
-        try:
-            fd = os.dup(sock.fileno())
-        except OSError:
+        fd = duplicate(transport) if pool is not None else None
+        if fd is None:
             return None
         return cls(resp, transport, fd, pool, **options)  # type: ignore[arg-type]
 
@@ -174,8 +163,4 @@ class ThreadedBodyWriter:
         if self._closed:
             return
         self._closed = True
-        fd, future = self._fd, self._inflight
-        if future is not None and not future.done():
-            future.add_done_callback(lambda _: os.close(fd))
-        else:
-            os.close(fd)
+        close_after(self._fd, self._inflight)

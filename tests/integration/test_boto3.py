@@ -105,6 +105,18 @@ def test_roundtrip_http(s3: Any, bucket: str, size: int, kind: str) -> None:
     assert head["ETag"] == put["ETag"]
 
 
+def test_large_put_body_read_by_a_thread_then_the_client_reconnects(s3: Any, bucket: str) -> None:
+    """boto3 over HTTP sends a plain body: at 8 MiB and more the gateway reads it from the
+    socket by a thread (gateway/socket_recv.py), answers with Connection: close, and the
+    same client goes on with a new connection."""
+    data = payload("random", 9 * MiB + 1)
+    put = s3.put_object(Bucket=bucket, Key="thread-read", Body=data)
+    assert response_headers(put).get("connection") == "close"
+    assert put["ETag"] == f'"{md5_hex(data)}"'
+    body, _ = get_bytes(s3, bucket, "thread-read")
+    assert body == data
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("size", SIZES)
 def test_roundtrip_https_aws_chunked(

@@ -103,7 +103,6 @@ class _App:
         self.min_length = min_length
         self.patience = patience
         self.outcomes: list[str] = []
-        self.fds_before = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         length = request.content_length
