@@ -208,13 +208,13 @@ def suite_markdown(doc: dict[str, Any]) -> str:
             f"| {_cell(cpu.get('machine_cores'))} | {_cell(cpu.get('server_core_ms_per_mb'))} |"
         )
     for kind, c in doc.get("ceilings", {}).items():
-        seen = [c.get("before", {}), c.get("after", {})]
+        seen = c.get("measurements", [])
         detail = " / ".join(
             f"{x.get('encode_mb_per_s', 0):.0f}+{x.get('decode_mb_per_s', 0):.0f}" for x in seen if x
         )
         costs = " / ".join(_cell(c.get(f"{phase}_core_ms_per_mb")) for phase in ("encode", "decode"))
         lines.append(
-            f"| ceiling {kind} encode / decode (best of before/after: {detail}) "
+            f"| ceiling {kind} encode / decode (best of {detail}) "
             f"| {c['encode_mb_per_s']:.1f} / {c['decode_mb_per_s']:.1f} | | | | | | {costs} (codec) |"
         )
     d = doc.get("dedup") or {}

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.load import LoadSpec, run_load
+from bench.load import LoadSpec
+from bench.rounds import Rounds
 from bench.server import NoopServer
 from bench.stats import Summary
 
@@ -43,23 +44,21 @@ class SmallSpec:
 @dataclass
 class SmallResult:
     """Per op, every round's summary for both servers; the best round of each is compared
-    (interference from other load only ever slows a round down)."""
+    (interference from other load only ever slows a round down, see :mod:`bench.rounds`)."""
 
     spec: SmallSpec
-    noop_rounds: dict[str, list[Summary]] = field(default_factory=dict)
-    target_rounds: dict[str, list[Summary]] = field(default_factory=dict)
+    rounds: dict[str, Rounds] = field(default_factory=dict)
 
     @property
     def noop(self) -> dict[str, Summary]:
-        return {op: _best(runs) for op, runs in self.noop_rounds.items()}
+        return {op: r.best_reference for op, r in self.rounds.items()}
 
     @property
     def target(self) -> dict[str, Summary]:
-        return {op: _best(runs) for op, runs in self.target_rounds.items()}
+        return {op: r.best_target for op, r in self.rounds.items()}
 
     def ratio(self, op: str) -> float:
-        base = self.noop[op].total.ops_per_s
-        return self.target[op].total.ops_per_s / base if base else 0.0
+        return self.rounds[op].ratio()
 
     def summaries(self) -> list[Summary]:
         noop, target = self.noop, self.target
@@ -75,26 +74,8 @@ class SmallResult:
             "noop": {op: s.to_json() for op, s in self.noop.items()},
             "strata": {op: s.to_json() for op, s in self.target.items()},
             "ratios": {op: round(self.ratio(op), 4) for op in self.spec.ops},
-            "ops_per_s_by_round": {
-                op: {
-                    "noop": [round(r.total.ops_per_s, 1) for r in self.noop_rounds[op]],
-                    "strata": [round(r.total.ops_per_s, 1) for r in self.target_rounds[op]],
-                }
-                for op in self.spec.ops
-            },
+            "ops_per_s_by_round": {op: self.rounds[op].by_round("ops_per_s") for op in self.spec.ops},
         }
-
-
-def _best(runs: list[Summary]) -> Summary:
-    return max(runs, key=lambda r: r.total.ops_per_s)
-
-
-def _measure(base: LoadSpec, rounds: list[Summary]) -> None:
-    """One round; read-only workloads reuse the key set the first round populated."""
-    spec = base
-    if rounds and base.op in ("get", "head", "list"):
-        spec = replace(base, prefix=rounds[0].prefix, prepopulated=True)
-    rounds.append(run_load(spec))
 
 
 def run_small(spec: SmallSpec) -> SmallResult:
@@ -118,11 +99,12 @@ def run_small(spec: SmallSpec) -> SmallResult:
             noop_endpoint = spec.noop_endpoint or (noop.endpoint if noop else "")
             noop_spec = replace(base, endpoint=noop_endpoint, server_pid=noop.pid if noop else None)
             for op in spec.ops:
-                noop_runs = result.noop_rounds.setdefault(op, [])
-                target_runs = result.target_rounds.setdefault(op, [])
+                rounds = result.rounds[op] = Rounds()
                 for _ in range(max(1, spec.rounds)):
-                    _measure(replace(noop_spec, op=op, label=f"noop {op}"), noop_runs)
-                    _measure(replace(base, op=op, label=f"strata {op}"), target_runs)
+                    rounds.run(
+                        replace(noop_spec, op=op, label=f"noop {op}"),
+                        replace(base, op=op, label=f"strata {op}"),
+                    )
         finally:
             if noop is not None:
                 noop.stop()

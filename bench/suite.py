@@ -12,9 +12,11 @@ numbers move; ratios of two measurements taken minutes apart move much less):
 * ``physical_vs_unique``: dedup physical bytes / in-process unique compressed bytes over
   the versioned corpus (target <= 1.10).
 
-The *achievable* ceiling is the lower of the in-process codec ceiling (the better of a
-measurement just before and one just after the HTTP runs) and what the same client moves
-with the same objects and concurrency through the no-op server (the HTTP floor). On a
+The *achievable* ceiling is the lower of the in-process codec ceiling (the best of three
+measurements: before the PUTs, between the PUTs and the GETs, after the GETs) and what the
+same client moves with the same objects and concurrency through the no-op server (the HTTP
+floor). The no-op server and Strata are measured in alternating rounds (``big_rounds``, 3;
+1 in ``quick``), and each side's best round counts (:mod:`bench.rounds`). On a
 small machine where client and server share the cores, loopback HTTP alone can be slower
 than the codec (here the no-op GET runs at about a quarter of AES-GCM decode speed), and a
 ratio against the codec alone would then judge the machine rather than the gateway. The
@@ -40,15 +42,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench.ceiling import CeilingSpec, run_ceiling
 from bench.corpus import CorpusSpec
 from bench.dedup import DedupSpec, local_meter, run_dedup
-from bench.load import LoadSpec, run_load
+from bench.load import LoadSpec
 from bench.report import RUN_HEADERS, run_rows, table
+from bench.rounds import Rounds
 from bench.server import NoopServer, StrataServer, inherited_settings
 from bench.small import SmallSpec, run_small
 from bench.stats import Summary
@@ -78,6 +81,13 @@ def codec_cost(phase: str, *measurements: dict[str, Any]) -> float | None:
     return min((c for m in measurements if (c := m.get(f"{phase}_core_ms_per_mb"))), default=None)
 
 
+def http_cost(noop_runs: list[Summary]) -> float | None:
+    """The machine's core-ms per MB over HTTP with a no-op handler: the lowest of the no-op
+    runs' (other load only ever adds CPU), None if none measured it."""
+    costs = [c for r in noop_runs if r.cpu is not None and (c := r.cpu.machine_ms_per(r.total.nbytes / MB))]
+    return min(costs, default=None)
+
+
 def target_of(name: str) -> tuple[float, str]:
     return TARGETS[name.split("[", 1)[0]]
 
@@ -90,6 +100,7 @@ class SuiteSpec:
     big_concurrency: int = 4
     big_count: int = 24  # per PUT run (full mode)
     big_duration: float = 3.0  # per PUT/GET run (quick mode)
+    big_rounds: int = 3  # alternating no-op / Strata rounds of big PUT and GET, per data kind
     get_objects: int = 16
     ceiling_total: int = 1 * GiB
     small_size: int = 4096
@@ -112,6 +123,7 @@ class SuiteSpec:
             kinds=("random",),
             big_size=16 * MiB,
             big_duration=2.5,
+            big_rounds=1,
             get_objects=4,
             ceiling_total=256 * MiB,
             small_duration=1.25,
@@ -126,7 +138,8 @@ class SuiteSpec:
 class SuiteResult:
     ratios: dict[str, float] = field(default_factory=dict)
     info: dict[str, float] = field(default_factory=dict)  # ratios without a target
-    http_floor: dict[str, float] = field(default_factory=dict)
+    http_floor: dict[str, dict[str, float]] = field(default_factory=dict)  # kind -> op -> best no-op MB/s
+    big_rounds: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)  # MB/s per round
     runs: list[Summary] = field(default_factory=list)
     ceilings: dict[str, dict[str, Any]] = field(default_factory=dict)
     small: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +154,7 @@ class SuiteResult:
             "runs": [s.to_json() for s in self.runs],
             "ceilings": self.ceilings,
             "http_floor_mb_per_s": self.http_floor,
+            "big_mb_per_s_by_round": self.big_rounds,
             "small": self.small,
             "dedup": self.dedup,
             "notes": self.notes,
@@ -171,8 +185,8 @@ class Suite:
         self.access_key = spec.access_key
         self.secret_key = spec.secret_key
         self.data_dir = spec.data_dir
-        self.http: dict[str, float] = {}  # no-op server MB/s for big PUT / GET
-        self.http_cost: dict[str, float] = {}  # machine core-ms per MB of those no-op runs
+        self._noop_server: NoopServer | None = None
+        self._noop_dir: str | None = None
 
     @property
     def server_pid(self) -> int | None:
@@ -192,13 +206,18 @@ class Suite:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._noop_server is not None:
+            self._noop_server.stop()
+        if self._noop_dir is not None:
+            shutil.rmtree(self._noop_dir, ignore_errors=True)
         if self.server is not None:
             self.server.stop()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def _load(self, **kw: Any) -> Summary:
-        spec = LoadSpec(
+    def _spec(self, **kw: Any) -> LoadSpec:
+        """A load against the endpoint under test."""
+        return LoadSpec(
             endpoint=self.endpoint,
             access_key=self.access_key,
             secret_key=self.secret_key,
@@ -207,13 +226,20 @@ class Suite:
             server_pid=self.server_pid,
             **kw,
         )
-        summary = run_load(spec)
-        self.result.runs.append(summary)
-        if summary.errors:
-            self.result.notes.append(
-                f"{summary.label}: {summary.errors} errors, e.g. {summary.error_samples[:1]}"
-            )
-        return summary
+
+    def _note_errors(self, summaries: list[Summary]) -> None:
+        for summary in summaries:
+            if summary.errors:
+                self.result.notes.append(
+                    f"{summary.label}: {summary.errors} errors, e.g. {summary.error_samples[:1]}"
+                )
+
+    def _noop(self) -> NoopServer:
+        """The no-op server of the big-object runs, started once per suite."""
+        if self._noop_server is None:
+            self._noop_dir = tempfile.mkdtemp(prefix="bench-noop-")
+            self._noop_server = NoopServer(Path(self._noop_dir) / "noop.log").start()
+        return self._noop_server
 
     def _ceiling(self, kind: str) -> dict[str, Any]:
         s = self.spec
@@ -234,83 +260,77 @@ class Suite:
         return {"count": s.big_count if op == "put" else 2 * s.big_count}
 
     def big(self, kind: str) -> None:
-        """Ceiling, PUT and GET of big objects of one data kind, ceiling again.
+        """Big objects of one data kind: the codec ceiling, ``big_rounds`` rounds of PUT,
+        the ceiling again, ``big_rounds`` rounds of GET, and the ceiling a third time.
 
-        The codec ceiling is measured before and after the HTTP runs and the better of the
-        two is used: other load on a shared machine only ever slows a measurement down.
+        A round runs the load against the no-op server (the HTTP floor) and against Strata
+        in turn (:mod:`bench.rounds`). Every side keeps its best measurement: other load on
+        a shared machine only ever slows one down, and alternating puts each side into the
+        machine's slow and quiet spells alike. The PUT rounds all come before the GET
+        rounds, so that the GETs read objects written last (a local pack that many newer
+        writes pushed out of the write-cache window is read from the disk, which the no-op
+        server never does).
         """
         s = self.spec
-        if not self.http:
-            self.http_floor()
-        before = self._ceiling(kind)
-        common = {"size": s.big_size, "data": kind, "concurrency": s.big_concurrency}
-        put = self._load(op="put", label=f"strata put {kind}", **common, **self._big_bounds("put"))
-        get = self._load(
-            op="get", label=f"strata get {kind}", objects=s.get_objects, **common, **self._big_bounds("get")
-        )
-        after = self._ceiling(kind)
-        encode = max(before["encode_mb_per_s"], after["encode_mb_per_s"])
-        decode = max(before["decode_mb_per_s"], after["decode_mb_per_s"])
-        costs = {f"{p}_core_ms_per_mb": codec_cost(p, before, after) for p in ("encode", "decode")}
+        noop = self._noop()
+        rounds = {op: Rounds() for op in ("put", "get")}
+        ceilings = [self._ceiling(kind)]
+        for op, pair in rounds.items():
+            target = self._spec(
+                op=op,
+                label=f"strata {op} {kind}",
+                size=s.big_size,
+                data=kind,
+                concurrency=s.big_concurrency,
+                objects=s.get_objects if op == "get" else None,
+                **self._big_bounds(op),
+            )
+            reference = replace(
+                target,
+                endpoint=noop.endpoint,
+                access_key="noop",
+                secret_key="noop",
+                server_pid=noop.pid,
+                label=f"noop {op} {kind}",
+            )
+            for _ in range(max(1, s.big_rounds)):
+                pair.run(reference, target)
+            ceilings.append(self._ceiling(kind))
+            self._note_errors(pair.reference + pair.target)
+            self.result.runs += [pair.best_reference, pair.best_target]
+        self._big_ratios(kind, ceilings, rounds)
+
+    def _big_ratios(self, kind: str, ceilings: list[dict[str, Any]], rounds: dict[str, Rounds]) -> None:
+        encode = max(c["encode_mb_per_s"] for c in ceilings)
+        decode = max(c["decode_mb_per_s"] for c in ceilings)
+        costs = {f"{p}_core_ms_per_mb": codec_cost(p, *ceilings) for p in ("encode", "decode")}
         self.result.ceilings[kind] = {
             "encode_mb_per_s": encode,
             "decode_mb_per_s": decode,
             **costs,
-            "before": before,
-            "after": after,
+            "measurements": ceilings,
         }
-        put_mb, get_mb = put.total.mb_per_s, get.total.mb_per_s
-        http_put, http_get = self.http["put"], self.http["get"]
-        self.result.ratios[f"put_vs_encode[{kind}]"] = put_mb / min(encode, http_put)
-        self.result.ratios[f"get_vs_decode[{kind}]"] = get_mb / min(decode, http_get)
+        http = {op: pair.best_reference.total.mb_per_s for op, pair in rounds.items()}
+        self.result.http_floor[kind] = http
+        self.result.big_rounds[kind] = {op: pair.by_round("mb_per_s") for op, pair in rounds.items()}
+        put_mb, get_mb = (rounds[op].best_target.total.mb_per_s for op in ("put", "get"))
+        self.result.ratios[f"put_vs_encode[{kind}]"] = put_mb / min(encode, http["put"])
+        self.result.ratios[f"get_vs_decode[{kind}]"] = get_mb / min(decode, http["get"])
         info = self.result.info
         info[f"put_vs_encode_uncapped[{kind}]"] = put_mb / encode
         info[f"get_vs_decode_uncapped[{kind}]"] = get_mb / decode
-        info[f"put_vs_noop[{kind}]"] = put_mb / http_put
-        info[f"get_vs_noop[{kind}]"] = get_mb / http_get
+        info[f"put_vs_noop[{kind}]"] = put_mb / http["put"]
+        info[f"get_vs_noop[{kind}]"] = get_mb / http["get"]
         cores = os.cpu_count() or 1
-        for op, name, rate, http, phase in (
-            ("put", "put_vs_encode", encode, http_put, "encode"),
-            ("get", "get_vs_decode", decode, http_get, "decode"),
+        for op, name, rate, phase in (
+            ("put", "put_vs_encode", encode, "encode"),
+            ("get", "get_vs_decode", decode, "decode"),
         ):
-            bound = cpu_bound_mb_per_s(cores, costs[f"{phase}_core_ms_per_mb"], self.http_cost.get(op))
+            bound = cpu_bound_mb_per_s(
+                cores, costs[f"{phase}_core_ms_per_mb"], http_cost(rounds[op].reference)
+            )
             if bound is not None:
-                info[f"{name}_cpu_bound[{kind}]"] = bound / min(rate, http)
-
-    def http_floor(self) -> None:
-        """Big-object PUT and GET against the no-op server: what this client and this machine
-        move over HTTP at all, with no storage work. The codec ceiling the big-object ratios
-        divide by is capped at this figure (a 2-core machine running client and server may
-        not even reach the codec's decode speed over loopback with a no-op handler)."""
-        s = self.spec
-        common = {"size": s.big_size, "data": "random", "concurrency": s.big_concurrency}
-        with (
-            tempfile.TemporaryDirectory(prefix="bench-noop-") as tmp,
-            NoopServer(Path(tmp) / "noop.log") as noop,
-        ):
-            for op in ("put", "get"):
-                summary = run_load(
-                    LoadSpec(
-                        endpoint=noop.endpoint,
-                        access_key="noop",
-                        secret_key="noop",
-                        op=op,
-                        label=f"noop {op} big",
-                        objects=s.get_objects if op == "get" else None,
-                        processes=s.processes,
-                        progress=s.progress,
-                        server_pid=noop.pid,
-                        **common,
-                        **self._big_bounds(op),
-                    )
-                )
-                self.result.runs.append(summary)
-                self.http[op] = summary.total.mb_per_s
-                if summary.cpu is not None:
-                    cost = summary.cpu.machine_ms_per(summary.total.nbytes / MB)
-                    if cost is not None:
-                        self.http_cost[op] = cost
-        self.result.http_floor = dict(self.http)
+                info[f"{name}_cpu_bound[{kind}]"] = bound / min(rate, http[op])
 
     def small(self) -> None:
         s = self.spec

@@ -200,8 +200,9 @@ def test_suite_markdown_shows_cpu_columns() -> None:
         "runs": [run],
         "ratios": {},
         "targets": {},
-        "ceilings": {"random": {**ceiling, "before": before, "after": after}},
+        "ceilings": {"random": {**ceiling, "measurements": [before, after]}},
     }
     lines = suite_markdown(doc).splitlines()
     assert lines[2].endswith("| 1.72 | 0.851 |")
-    assert lines[3].endswith("| 3.70 / 0.500 (codec) |")  # the cheaper of before and after
+    assert lines[3].endswith("| 3.70 / 0.500 (codec) |")  # the cheapest of the measurements
+    assert "(best of 500+4000 / 500+4000)" in lines[3]
