@@ -192,6 +192,14 @@ def plot_run(summary: Summary, path: str | Path) -> None:
     plt.close(fig)
 
 
+def _rounds_cell(sides: dict[str, list[float]]) -> str:
+    """``no-op 3,994.9 / 3,566.3 · strata 1,965.5 / 2,270.3``: each side's rounds in order."""
+    names = {"noop": "no-op"}
+    return " · ".join(
+        f"{names.get(side, side)} {' / '.join(_cell(v) for v in values)}" for side, values in sides.items()
+    )
+
+
 def suite_markdown(doc: dict[str, Any]) -> str:
     """Markdown tables of a suite result (``python -m bench suite --markdown FILE``)."""
     lines = [
@@ -217,6 +225,11 @@ def suite_markdown(doc: dict[str, Any]) -> str:
             f"| ceiling {kind} encode / decode (best of {detail}) "
             f"| {c['encode_mb_per_s']:.1f} / {c['decode_mb_per_s']:.1f} | | | | | | {costs} (codec) |"
         )
+    for kind, ops in doc.get("big_mb_per_s_by_round", {}).items():
+        for op, sides in ops.items():
+            lines.append(f"| {kind} {op} rounds, MB/s: {_rounds_cell(sides)} | | | | | | | |")
+    for op, sides in (doc.get("small") or {}).get("ops_per_s_by_round", {}).items():
+        lines.append(f"| small {op} rounds, op/s: {_rounds_cell(sides)} | | | | | | | |")
     d = doc.get("dedup") or {}
     if d:
         lines.append(

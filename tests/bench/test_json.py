@@ -206,3 +206,16 @@ def test_suite_markdown_shows_cpu_columns() -> None:
     assert lines[2].endswith("| 1.72 | 0.851 |")
     assert lines[3].endswith("| 3.70 / 0.500 (codec) |")  # the cheapest of the measurements
     assert "(best of 500+4000 / 500+4000)" in lines[3]
+
+
+def test_suite_markdown_lists_every_round() -> None:
+    doc = {
+        "runs": [],
+        "ratios": {},
+        "targets": {},
+        "big_mb_per_s_by_round": {"random": {"get": {"noop": [3994.9, 3566.3], "strata": [1965.5, 2270.3]}}},
+        "small": {"ops_per_s_by_round": {"put": {"noop": [6261.1], "strata": [1375.1]}}},
+    }
+    lines = suite_markdown(doc).splitlines()
+    assert "| random get rounds, MB/s: no-op 3,994.9 / 3,566.3 · strata 1,965.5 / 2,270.3 |" in lines[2]
+    assert "| small put rounds, op/s: no-op 6,261.1 · strata 1,375.1 |" in lines[3]
