@@ -215,7 +215,7 @@ class Suite:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def _spec(self, **kw: Any) -> LoadSpec:
+    def _target_load(self, **kw: Any) -> LoadSpec:
         """A load against the endpoint under test."""
         return LoadSpec(
             endpoint=self.endpoint,
@@ -276,7 +276,7 @@ class Suite:
         rounds = {op: Rounds() for op in ("put", "get")}
         ceilings = [self._ceiling(kind)]
         for op, pair in rounds.items():
-            target = self._spec(
+            target = self._target_load(
                 op=op,
                 label=f"strata {op} {kind}",
                 size=s.big_size,
