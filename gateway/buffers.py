@@ -12,8 +12,9 @@ any view of it exists: that refusal is the test, exact and cheap. Nothing is eve
 buffer before a record has been decrypted over the part of it that is handed out.
 
 A run of pieces can also be handed out *before* it is decrypted, as a :class:`Deferred`: its
-views are reachable only through :meth:`Deferred.open`, which decrypts them first. So a
-buffer that still holds an earlier response's plaintext can never be read by mistake.
+views are reachable only through :meth:`Deferred.open_each` (or :meth:`Deferred.open`),
+which decrypts each one first. So a buffer that still holds an earlier response's plaintext
+can never be read by mistake.
 
 :func:`byte_view` is the gateway's one way to see any buffer as flat bytes.
 """
@@ -21,7 +22,7 @@ buffer that still holds an earlier response's plaintext can never be read by mis
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 MiB = 1024 * 1024
 GRAIN = 256 * 1024  # buffers are allocated in multiples of this, so they fit more chunks
@@ -86,28 +87,49 @@ class BufferRecycler:
 
 
 class Deferred:
-    """Pieces of a response whose bytes are not written yet: :meth:`open` writes them (it
-    decrypts, so call it off the event loop) and only then hands the views out. ``nbytes``
-    is known before."""
+    """Pieces of a response whose bytes are not all written yet: ``fills[i]`` writes the
+    bytes of ``pieces[i]`` (it decrypts, so call it off the event loop; None: written
+    already). :meth:`open_each` hands the pieces out in order, each group as soon as its
+    bytes are written, and :meth:`open` all at once. ``nbytes`` is known before."""
 
-    __slots__ = ("_fill", "_pieces", "nbytes")
+    __slots__ = ("_fills", "_pieces", "nbytes")
 
-    def __init__(self, fill: Callable[[], object], pieces: list[memoryview]) -> None:
-        self._fill: Callable[[], object] | None = fill
+    def __init__(self, pieces: list[memoryview], fills: list[Callable[[], object] | None]) -> None:
+        if len(fills) != len(pieces):
+            raise ValueError(f"{len(fills)} fills for {len(pieces)} pieces")
+        self._fills: list[Callable[[], object] | None] | None = fills
         self._pieces: list[memoryview] | None = pieces
         self.nbytes = sum(p.nbytes for p in pieces)
 
-    def open(self) -> list[memoryview]:
-        """Write the pieces' bytes (once) and return the pieces. Not for two threads at once;
-        after a failed call the next one runs the fill again."""
-        if self._pieces is None:
+    def open_each(self) -> Iterator[list[memoryview]]:
+        """Write the pieces' bytes (once) and yield them in order, in groups that each end
+        with a piece that had to be written (pieces written already join the next group), so
+        a consumer can send each group while its bytes are still in the CPU's cache. Not for
+        two threads at once; a fill that fails raises, stays set (no later call hands out
+        its unwritten view) and ends the iteration."""
+        if self._pieces is None or self._fills is None:
             raise RuntimeError("this run was discarded: the stream it came from moved on")
-        if self._fill is not None:
-            self._fill()  # on failure it stays set: no later call hands out unwritten views
-            self._fill = None
+        pieces, fills = self._pieces, self._fills
+        start = 0
+        for i, fill in enumerate(fills):
+            if fill is None:
+                continue
+            fill()
+            fills[i] = None
+            yield pieces[start : i + 1]
+            start = i + 1
+        if start < len(pieces):
+            yield pieces[start:]
+
+    def open(self) -> list[memoryview]:
+        """Write every piece's bytes (once) and return the pieces; after a failed call the
+        next one runs the failed fill again."""
+        for _ in self.open_each():
+            pass
+        assert self._pieces is not None
         return self._pieces
 
     def discard(self) -> None:
-        """Drop the fill and the pieces, opened or not (what the fill holds, such as a
+        """Drop the fills and the pieces, opened or not (what the fills hold, such as a
         memory map of a pack, is released now, whoever still holds this object)."""
-        self._fill = self._pieces = None
+        self._fills = self._pieces = None

@@ -27,6 +27,9 @@ local pack's raw chunks, none cached) is then yielded as a :class:`~gateway.buff
 that the sender's thread opens just before it writes it, instead of a CPU-pool thread
 opening it first and handing it back through the event loop. That saves two thread hand-offs
 per run: 6% less server CPU per MB and 5% more MB/s on 64 MiB GETs (bench/README.md, run L).
+A deferred run carries one opener per record, so the sender writes each record right after
+decrypting it, while its plaintext is still in the CPU's cache, and the socket is fed after
+the first record instead of after the whole run (~5% more MB/s, bench/README.md, run O).
 The first run is never deferred: a caller that reads it before committing to a response
 (GET, before its status line) still sees a corrupt or missing record as an error, not as a
 cut connection.
@@ -53,7 +56,8 @@ LOOKUP_WINDOW = 256
 INLINE_OPEN = 64 * 1024  # runs smaller than this are opened on the event loop
 
 Plains = list[bytes | memoryview]
-Opener = Callable[[], object]  # decrypts a deferred run into the buffers its plains view
+Opener = Callable[[], object]  # decrypts a deferred record into the buffer its plain views
+Openers = list[Opener | None]  # one per plain of a run (None: opened already)
 
 
 class DataLossError(RuntimeError):
@@ -142,13 +146,15 @@ class ChunkReader:
 
     async def _run(
         self, ids: list[bytes], locs: list[ChunkLocation], defer: bool = False
-    ) -> tuple[Plains, Opener | None]:
+    ) -> tuple[Plains, Openers | None]:
         """The plaintexts of one run of adjacent records: cached chunks from the cache,
         chunks another request is decoding from that request, and the rest fetched with one
         ranged read per stretch of adjacent records, then opened. With ``defer``, stretches
-        that can be opened later are not opened yet: the opener returned does that."""
+        that can be opened later are not opened yet: the openers returned (one per plain,
+        None for those open already) do that."""
         plains: list[bytes | memoryview | None] = [None] * len(ids)
-        openers: list[Opener] = []
+        openers: Openers = [None] * len(ids)
+        deferred = False
         owned: dict[int, asyncio.Future[bytes]] = {}
         joined: dict[int, asyncio.Future[bytes]] = {}
         fetch: list[int] = []
@@ -168,9 +174,10 @@ class ChunkReader:
                 stats.misses += 1
         try:
             for lo, hi in _stretches(fetch):
-                plains[lo:hi], opener = await self._fetch(ids[lo:hi], locs[lo:hi], defer)
-                if opener is not None:
-                    openers.append(opener)
+                plains[lo:hi], stretch = await self._fetch(ids[lo:hi], locs[lo:hi], defer)
+                if stretch is not None:
+                    openers[lo:hi] = stretch
+                    deferred = True
                 for i in range(lo, hi):
                     if i in owned:
                         opened = plains[i]  # cacheable chunks are opened into new bytes
@@ -193,17 +200,16 @@ class ChunkReader:
                 plains[i] = (await self._fetch(ids[i : i + 1], locs[i : i + 1]))[0][0]
         done = [p for p in plains if p is not None]
         assert len(done) == len(plains)
-        if len(openers) > 1:
-            return done, functools.partial(_call_each, openers)
-        return done, openers[0] if openers else None
+        return done, openers if deferred else None
 
     async def _fetch(
         self, ids: list[bytes], locs: list[ChunkLocation], defer: bool = False
-    ) -> tuple[Plains, Opener | None]:
+    ) -> tuple[Plains, Openers | None]:
         """Fetch adjacent records of one pack with one ranged read, then open them all
         (uncompressed ones that are not cached into recycled buffers). With ``defer``, a
         stretch whose every record goes into a recycled buffer is returned unopened: its
-        plains are those buffers, and the opener returned decrypts into them."""
+        plains are those buffers, and the openers returned (one per record) decrypt into
+        them."""
         first, last = locs[0], locs[-1]
         sealer, blob = await asyncio.gather(
             self._sealer(first.pack_id),
@@ -217,9 +223,7 @@ class ChunkReader:
         ]
         if defer and all(out is not None for out in outs):
             buffers = [out for out in outs if out is not None]
-            return buffers, functools.partial(
-                _open_into, sealer, memoryview(blob), first.offset, ids, locs, buffers
-            )
+            return buffers, _record_openers(sealer, memoryview(blob), first.offset, ids, locs, buffers)
         return await asyncio.get_running_loop().run_in_executor(
             self.pool, _open_run, sealer, memoryview(blob), first.offset, ids, locs, outs
         ), None
@@ -282,7 +286,7 @@ class ChunkReader:
             return
         first, last, offset = manifest.span(start, end)
         # each with the read-ahead budget it holds (0 for the run the consumer needs next)
-        pending: collections.deque[tuple[asyncio.Future[tuple[Plains, Opener | None]], int]]
+        pending: collections.deque[tuple[asyncio.Future[tuple[Plains, Openers | None]], int]]
         pending = collections.deque()
         scheduled = False
         deferred: Deferred | None = None  # the deferred run the consumer holds
@@ -307,7 +311,7 @@ class ChunkReader:
                     return
                 fut, cost = pending.popleft()
                 self.ahead_bytes -= cost
-                plains, opener = await fut
+                plains, openers = await fut
                 pieces = []
                 for plain in plains:
                     length = manifest.lengths[index]
@@ -316,14 +320,14 @@ class ChunkReader:
                     pieces.append(memoryview(plain)[lo:hi])
                     offset += length
                     index += 1
-                if opener is None:
+                if openers is None:
                     yield pieces
                 else:
-                    deferred = Deferred(opener, pieces)
+                    deferred = Deferred(pieces, openers)
                     yield deferred
                     deferred.discard()
                     deferred = None
-                del pieces, opener
+                del pieces, openers
                 self._buffers.give_back(plains)  # reused once the transport is done with them
                 del plains
         finally:
@@ -367,9 +371,20 @@ def _open_into(
             raise CorruptPackError("a record's header does not match its index entry (flags or length)")
 
 
-def _call_each(openers: list[Opener]) -> None:
-    for opener in openers:
-        opener()
+def _record_openers(
+    sealer: Sealer,
+    blob: memoryview,
+    base: int,
+    ids: list[bytes],
+    locs: list[ChunkLocation],
+    outs: list[memoryview],
+) -> Openers:
+    """One opener per record of a deferred stretch (:func:`_open_into` of that record
+    alone), so a sender can write each record as soon as it is decrypted."""
+    return [
+        functools.partial(_open_into, sealer, blob, base, ids[i : i + 1], locs[i : i + 1], outs[i : i + 1])
+        for i in range(len(ids))
+    ]
 
 
 def _stretches(indexes: list[int]) -> list[tuple[int, int]]:

@@ -19,9 +19,10 @@ Rules that keep it exact:
 - Runs smaller than ``min_piece`` (and everything over TLS, or where the transport has no
   socket) take the ordinary path.
 - A run may come unopened (a :class:`~gateway.buffers.Deferred`, see
-  :mod:`gateway.readpath`): the send thread opens (decrypts) it and writes it in one task.
-  A small one is opened by a thread of the pool too, never on the event loop, before it
-  takes the ordinary path. If opening fails, nothing of that run is written.
+  :mod:`gateway.readpath`): the send thread opens (decrypts) it and writes it in one task,
+  record by record, each right after it is decrypted. A small one is opened by a thread of
+  the pool too, never on the event loop, before it takes the ordinary path. If opening a
+  record fails, nothing of that record (or after it) is written.
 - The duplicate descriptor is closed only when no thread uses it any more, even when the
   request is cancelled mid-write; a socket error surfaces as ``ConnectionResetError``.
 """
@@ -79,8 +80,22 @@ def send_some(fd: int, pieces: Sequence[memoryview], patience: float) -> int:
 
 
 def open_and_send(fd: int, run: Sequence[memoryview] | Deferred, patience: float) -> int:
-    """One send thread's task: open ``run`` if it is deferred, then :func:`send_some` it."""
-    return send_some(fd, run.open() if isinstance(run, Deferred) else run, patience)
+    """One send thread's task: :func:`send_some` ``run``; a deferred run record by record,
+    each as soon as it is opened. Once the socket takes less than it was given (a slow
+    client), the rest of the run is opened without being sent: the caller hands it to the
+    transport. Returns the bytes written."""
+    if not isinstance(run, Deferred):
+        return send_some(fd, run, patience)
+    sent = 0
+    groups = run.open_each()
+    for pieces in groups:
+        n = send_some(fd, pieces, patience)
+        sent += n
+        if n < sum(p.nbytes for p in pieces):
+            for _ in groups:  # opened, not sent
+                pass
+            break
+    return sent
 
 
 async def write_each(resp: web.StreamResponse, pieces: Sequence[memoryview]) -> None:

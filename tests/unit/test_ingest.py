@@ -392,19 +392,22 @@ async def test_stream_runs_yields_the_range_run_by_run(env: Env, start: int, end
 @pytest.mark.parametrize(("start", "end"), [(0, None), (100_000, 2_900_001)])
 async def test_stream_runs_defers_later_runs_to_their_consumer(env: Env, start: int, end: int | None) -> None:
     """With ``defer``, the first run comes opened and later runs (raw chunks of a local pack)
-    come as Deferred; opened in order, off the event loop, they are the same bytes."""
+    come as Deferred, each record opened on its own (one group per record); opened in
+    order, off the event loop, they are the same bytes."""
     body = data(3 * MiB + 333, 7)
     result = await env.ingestor.ingest(pieces(body, 0), KEY)
     await env.commit("deferred", result)
     hi = len(body) if end is None else end
-    reader = ChunkReader(env.real, env.meta, env.kek, env.pool, run_bytes=256 * KiB)
-    kinds, out = [], bytearray()
+    reader = ChunkReader(env.real, env.meta, env.kek, env.pool, run_bytes=MiB)
+    kinds, groups, out = [], [], bytearray()
     async for run in reader.stream_runs(result.manifest, start, hi, defer=True):
         kinds.append(isinstance(run, Deferred))
-        opened = await asyncio.to_thread(run.open) if isinstance(run, Deferred) else run
-        out += b"".join(bytes(p) for p in opened)
+        opened = await asyncio.to_thread(list, run.open_each()) if isinstance(run, Deferred) else [run]
+        groups += [len(group) for group in opened] if isinstance(run, Deferred) else []
+        out += b"".join(bytes(p) for group in opened for p in group)
     assert bytes(out) == body[start:hi]
     assert len(kinds) > 1 and not kinds[0] and any(kinds[1:])
+    assert len(groups) > sum(kinds) and set(groups) == {1}  # runs of several records, one by one
 
 
 async def test_stream_runs_discards_a_deferred_run_once_the_consumer_moves_on(env: Env) -> None:

@@ -5,13 +5,14 @@ pair (all bytes in order, a partial write when the reader stalls, an error when 
 gone), and :class:`ThreadedBodyWriter` behind a real aiohttp server: exact bytes for fast
 and slow readers, the ordinary path for small runs, and no descriptor left open after a
 finished or an aborted response. Deferred runs (:class:`gateway.buffers.Deferred`): opened
-by a pool thread, never the event loop, big or small, with exact bytes; a run whose opening
-fails is not written at all.
+by a pool thread, never the event loop, big or small, with exact bytes, piece by piece; a
+piece whose opening fails is not written, nor anything after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import threading
@@ -146,30 +147,30 @@ class _App:
         pool: ThreadPoolExecutor | None,
         sndbuf: int = 0,
         deferred: bool = False,
-        fail_at: int | None = None,
+        fail_at: tuple[int, int] | None = None,
     ) -> None:
         self.runs = runs
         self.pool = pool
         self.sndbuf = sndbuf  # a small send buffer makes a slow reader fill the socket sooner
         self.deferred = deferred  # hand each run over unwritten, as a Deferred that fills it
-        self.fail_at = fail_at  # the index of a deferred run whose filling fails
-        self.filled_in: list[str] = []  # the thread that filled each deferred run
+        self.fail_at = fail_at  # (run, piece): the deferred piece whose filling fails
+        self.filled_in: list[tuple[int, str]] = []  # (run, thread) of every fill of a piece
         self.attached: list[bool] = []
         self.errors: list[BaseException] = []
         self.done = asyncio.Event()
 
     def _deferred(self, index: int, run: list[memoryview]) -> Deferred:
-        """``run`` as views of blank buffers that only the Deferred's fill writes."""
+        """``run`` as views of blank buffers that only the Deferred's fills write, one fill
+        per piece (as the read path makes one per record)."""
         blanks = [memoryview(bytearray(p.nbytes)) for p in run]
 
-        def fill() -> None:
-            self.filled_in.append(threading.current_thread().name)
-            if index == self.fail_at:
-                raise ValueError("this run cannot be opened")
-            for blank, piece in zip(blanks, run, strict=True):
-                blank[:] = piece
+        def fill(at: int) -> None:
+            self.filled_in.append((index, threading.current_thread().name))
+            if (index, at) == self.fail_at:
+                raise ValueError("this piece cannot be opened")
+            blanks[at][:] = run[at]
 
-        return Deferred(fill, blanks)
+        return Deferred(blanks, [functools.partial(fill, at) for at in range(len(run))])
 
     @property
     def body(self) -> bytes:
@@ -240,24 +241,33 @@ async def test_deferred_runs_are_opened_by_pool_threads_big_or_small(send_pool: 
             assert r.status == 200
             assert await r.read() == state.body
     assert not state.errors
-    # every run, including the 1000- and 5-byte ones that take the ordinary path
-    assert len(state.filled_in) == len(state.runs)
-    assert all(name.startswith("test-send") for name in state.filled_in)
+    # every piece of every run, including the 1000- and 5-byte runs that take the ordinary path
+    assert [run for run, _ in state.filled_in] == [i for i, run in enumerate(state.runs) for _ in run]
+    assert all(name.startswith("test-send") for _, name in state.filled_in)
 
 
-@pytest.mark.parametrize("fail_at", [1, 2])  # a big run, a small run
-async def test_a_deferred_run_that_cannot_be_opened_is_not_written(
-    send_pool: ThreadPoolExecutor, fail_at: int
+@pytest.mark.parametrize(
+    ("fail_at", "sent"),
+    [
+        ((1, 0), 0),  # a big run's first piece: nothing of that run
+        ((1, 1), 1),  # its second piece: the first goes out (opened and sent at once), no more
+        ((2, 0), 0),  # a small run (the ordinary path): nothing of it
+    ],
+)
+async def test_a_deferred_piece_that_cannot_be_opened_is_not_written(
+    send_pool: ThreadPoolExecutor, fail_at: tuple[int, int], sent: int
 ) -> None:
     state = _App(_runs(), send_pool, deferred=True, fail_at=fail_at)
-    before = sum(p.nbytes for run in state.runs[:fail_at] for p in run)
+    run, _ = fail_at
+    before = sum(p.nbytes for r in state.runs[:run] for p in r)
+    before += sum(p.nbytes for p in state.runs[run][:sent])
     async for host in _serve(state):
         head, body = await asyncio.to_thread(_raw_get, host, 0.0)
         assert head.startswith(b"HTTP/1.1 200")
-        assert body == state.body[:before]  # what came before the run, and nothing of it
+        assert body == state.body[:before]  # what came before the piece, and nothing of it
         await asyncio.wait_for(state.done.wait(), 10)
     assert [type(e) for e in state.errors] == [ValueError]
-    assert len(state.filled_in) == fail_at + 1
+    assert {r for r, _ in state.filled_in} == set(range(run + 1))
 
 
 def _raw_get(
@@ -284,11 +294,15 @@ def _raw_get(
     return head, body
 
 
+@pytest.mark.parametrize("deferred", [False, True])
 @pytest.mark.parametrize("pause", [0.0, 0.3])
-async def test_slow_reader_gets_exact_bytes(send_pool: ThreadPoolExecutor, pause: float) -> None:
+async def test_slow_reader_gets_exact_bytes(
+    send_pool: ThreadPoolExecutor, pause: float, deferred: bool
+) -> None:
     # pause=0.3: the send thread gives up on a full socket and the transport takes the rest
-    runs = _runs() + [[memoryview(os.urandom(MiB + i))] for i in range(6)]
-    state = _App(runs, send_pool, sndbuf=64 * 1024)
+    # (of a deferred run: opened first, the pieces after the one the socket stopped in too)
+    runs = _runs() + [[memoryview(os.urandom(MiB + i)), memoryview(os.urandom(MiB))] for i in range(6)]
+    state = _App(runs, send_pool, sndbuf=64 * 1024, deferred=deferred)
     fds = _open_fds()
     async for host in _serve(state):
         head, body = await asyncio.to_thread(_raw_get, host, 0.0005, None, pause)
@@ -296,6 +310,7 @@ async def test_slow_reader_gets_exact_bytes(send_pool: ThreadPoolExecutor, pause
         assert f"Content-Length: {len(state.body)}".encode() in head
         assert body == state.body
     assert state.attached == [True]
+    assert all(name.startswith("test-send") for _, name in state.filled_in)  # never the loop
     assert _open_fds() <= fds
 
 
