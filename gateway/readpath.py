@@ -215,17 +215,21 @@ class ChunkReader:
             self._sealer(first.pack_id),
             self._read(pack_blob_name(first.pack_id), first.offset, last.offset + last.length - first.offset),
         )
+        records = _records(memoryview(blob), first.offset, locs)
         if len(blob) < INLINE_OPEN:  # a small record: opening it costs less than a thread hop
-            return _open_run(sealer, memoryview(blob), first.offset, ids, locs, [None] * len(locs)), None
+            return _open_run(sealer, records, ids, [None] * len(locs)), None
         outs = [
             None if loc.flags & FLAG_ZSTD or self._cacheable(loc) else self._buffers.take(loc.plain_len)
             for loc in locs
         ]
         if defer and all(out is not None for out in outs):
             buffers = [out for out in outs if out is not None]
-            return buffers, _record_openers(sealer, memoryview(blob), first.offset, ids, locs, buffers)
+            return buffers, [  # one opener per record: a sender writes each as it is opened
+                functools.partial(_open_into, sealer, record, cid, out)
+                for record, cid, out in zip(records, ids, buffers, strict=True)
+            ]
         return await asyncio.get_running_loop().run_in_executor(
-            self.pool, _open_run, sealer, memoryview(blob), first.offset, ids, locs, outs
+            self.pool, _open_run, sealer, records, ids, outs
         ), None
 
     async def _locations(self, ids: tuple[bytes, ...]) -> dict[bytes, ChunkLocation]:
@@ -341,50 +345,25 @@ class ChunkReader:
             await runs.aclose()
 
 
+def _records(blob: memoryview, base: int, locs: list[ChunkLocation]) -> list[memoryview]:
+    """The bytes of each record in ``blob``, a read of their pack from offset ``base``."""
+    return [blob[loc.offset - base : loc.offset - base + loc.length] for loc in locs]
+
+
 def _open_run(
-    sealer: Sealer,
-    blob: memoryview,
-    base: int,
-    ids: list[bytes],
-    locs: list[ChunkLocation],
-    outs: list[memoryview | None],
+    sealer: Sealer, records: list[memoryview], ids: list[bytes], outs: list[memoryview | None]
 ) -> list[bytes | memoryview]:
     return [
-        open_record(sealer, blob[loc.offset - base : loc.offset - base + loc.length], cid, out)
-        for cid, loc, out in zip(ids, locs, outs, strict=True)
+        open_record(sealer, record, cid, out) for record, cid, out in zip(records, ids, outs, strict=True)
     ]
 
 
-def _open_into(
-    sealer: Sealer,
-    blob: memoryview,
-    base: int,
-    ids: list[bytes],
-    locs: list[ChunkLocation],
-    outs: list[memoryview],
-) -> None:
-    """Open a deferred stretch into ``outs``, whose views were handed out already: a record
-    that does not decrypt into its buffer (its header disagrees with the index) fails the
-    run, so no buffer is ever sent with what it held before."""
-    for opened, out in zip(_open_run(sealer, blob, base, ids, locs, list(outs)), outs, strict=True):
-        if opened is not out:
-            raise CorruptPackError("a record's header does not match its index entry (flags or length)")
-
-
-def _record_openers(
-    sealer: Sealer,
-    blob: memoryview,
-    base: int,
-    ids: list[bytes],
-    locs: list[ChunkLocation],
-    outs: list[memoryview],
-) -> Openers:
-    """One opener per record of a deferred stretch (:func:`_open_into` of that record
-    alone), so a sender can write each record as soon as it is decrypted."""
-    return [
-        functools.partial(_open_into, sealer, blob, base, ids[i : i + 1], locs[i : i + 1], outs[i : i + 1])
-        for i in range(len(ids))
-    ]
+def _open_into(sealer: Sealer, record: memoryview, chunk_id: bytes, out: memoryview) -> None:
+    """Open a deferred record into ``out``, whose view was handed out already: a record that
+    does not decrypt into its buffer (its header disagrees with the index) fails, so no
+    buffer is ever sent with what it held before."""
+    if open_record(sealer, record, chunk_id, out) is not out:
+        raise CorruptPackError("a record's header does not match its index entry (flags or length)")
 
 
 def _stretches(indexes: list[int]) -> list[tuple[int, int]]:

@@ -122,9 +122,9 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     ids: list[bytes] = []
     real = readpath._open_run
 
-    def counting(sealer: Any, blob: Any, base: int, run_ids: list[bytes], *rest: Any) -> Any:
+    def counting(sealer: Any, records: Any, run_ids: list[bytes], *rest: Any) -> Any:
         ids.extend(run_ids)
-        return real(sealer, blob, base, run_ids, *rest)
+        return real(sealer, records, run_ids, *rest)
 
     monkeypatch.setattr(readpath, "_open_run", counting)
     return ids

@@ -38,7 +38,7 @@ import gateway.ingest as ingest_module
 from crypto import Sealer
 from crypto.errors import IntegrityError
 from crypto.kek import KEKProvider
-from dedup import ChunkLocation, CorruptPackError, seal_chunk
+from dedup import CorruptPackError, seal_chunk
 from gateway.backends.base import BlobInfo, BlobWriter, pack_blob_name
 from gateway.backends.factory import open_backend
 from gateway.backends.local import LocalBlobBackend
@@ -476,21 +476,13 @@ def test_a_deferred_record_that_does_not_fit_its_buffer_fails() -> None:
     cid = bytes(range(32))
     plain = data(1000, 3)
     raw = seal_chunk(sealer, cid, plain).record
-    loc = ChunkLocation("pack", 0, len(raw), len(plain), 0)
     with pytest.raises(CorruptPackError):
-        _open_into(sealer, memoryview(raw), 0, [cid], [loc], [memoryview(bytearray(len(plain) + 1))])
+        _open_into(sealer, memoryview(raw), cid, memoryview(bytearray(len(plain) + 1)))
     zstd = seal_chunk(sealer, cid, b"x" * 1000).record  # compressible: stored with FLAG_ZSTD
     with pytest.raises(CorruptPackError):
-        _open_into(
-            sealer,
-            memoryview(zstd),
-            0,
-            [cid],
-            [dataclasses.replace(loc, length=len(zstd))],
-            [memoryview(bytearray(1000))],
-        )
+        _open_into(sealer, memoryview(zstd), cid, memoryview(bytearray(1000)))
     out = memoryview(bytearray(len(plain)))
-    _open_into(sealer, memoryview(raw), 0, [cid], [loc], [out])
+    _open_into(sealer, memoryview(raw), cid, out)
     assert bytes(out) == plain
 
 
