@@ -154,7 +154,6 @@ class ChunkReader:
         None for those open already) do that."""
         plains: list[bytes | memoryview | None] = [None] * len(ids)
         openers: Openers = [None] * len(ids)
-        deferred = False
         owned: dict[int, asyncio.Future[bytes]] = {}
         joined: dict[int, asyncio.Future[bytes]] = {}
         fetch: list[int] = []
@@ -177,7 +176,6 @@ class ChunkReader:
                 plains[lo:hi], stretch = await self._fetch(ids[lo:hi], locs[lo:hi], defer)
                 if stretch is not None:
                     openers[lo:hi] = stretch
-                    deferred = True
                 for i in range(lo, hi):
                     if i in owned:
                         opened = plains[i]  # cacheable chunks are opened into new bytes
@@ -200,7 +198,7 @@ class ChunkReader:
                 plains[i] = (await self._fetch(ids[i : i + 1], locs[i : i + 1]))[0][0]
         done = [p for p in plains if p is not None]
         assert len(done) == len(plains)
-        return done, openers if deferred else None
+        return done, openers if any(openers) else None
 
     async def _fetch(
         self, ids: list[bytes], locs: list[ChunkLocation], defer: bool = False

@@ -87,13 +87,11 @@ def open_and_send(fd: int, run: Sequence[memoryview] | Deferred, patience: float
     if not isinstance(run, Deferred):
         return send_some(fd, run, patience)
     sent = 0
-    groups = run.open_each()
-    for pieces in groups:
+    for pieces in run.open_each():
         n = send_some(fd, pieces, patience)
         sent += n
         if n < sum(p.nbytes for p in pieces):
-            for _ in groups:  # opened, not sent
-                pass
+            run.open()  # the rest is opened, not sent
             break
     return sent
 

@@ -53,9 +53,7 @@ def test_give_back_keeps_at_most_max_bytes() -> None:
     assert recycler.held_bytes == 3 * GRAIN
 
 
-def _deferred(
-    written: list[bool], calls: list[int], fail: set[int] | None = None
-) -> tuple[Deferred, list[memoryview]]:
+def _deferred(written: list[bool], calls: list[int], fail: set[int] | None = None) -> Deferred:
     """Pieces of one byte each; ``written[i]``: the piece holds its byte already (no fill).
     Fills log their index in ``calls`` and fail while their index is in ``fail``."""
     fail = fail if fail is not None else set()
@@ -68,7 +66,7 @@ def _deferred(
         pieces[i][0] = i
 
     fills = [None if done else (lambda i=i: fill(i)) for i, done in enumerate(written)]
-    return Deferred(pieces, fills), pieces
+    return Deferred(pieces, fills)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +83,7 @@ def test_open_each_yields_groups_that_end_with_a_filled_piece(
     written: list[bool], groups: list[list[int]]
 ) -> None:
     calls: list[int] = []
-    run, _ = _deferred(written, calls)
+    run = _deferred(written, calls)
     seen: list[list[int]] = []
     handed = 0
     for group in run.open_each():
@@ -101,7 +99,7 @@ def test_open_each_yields_groups_that_end_with_a_filled_piece(
 
 def test_a_failed_fill_stays_set_and_hands_out_nothing_past_it() -> None:
     calls: list[int] = []
-    run, _ = _deferred([False, False, False], calls, fail={1})
+    run = _deferred([False, False, False], calls, fail={1})
     groups = run.open_each()
     assert [p[0] for p in next(groups)] == [0]
     with pytest.raises(ValueError):
@@ -112,7 +110,7 @@ def test_a_failed_fill_stays_set_and_hands_out_nothing_past_it() -> None:
 
 
 def test_a_discarded_run_cannot_be_opened() -> None:
-    run, _ = _deferred([False], [])
+    run = _deferred([False], [])
     run.discard()
     with pytest.raises(RuntimeError):
         run.open()
